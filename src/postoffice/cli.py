@@ -1,0 +1,519 @@
+"""The `postoffice` command: set up a data folder, manage domains, users and aliases, serve.
+
+Black-box tests outside this repository depend on the commands and options exactly as they
+are here.  Every error is one line on stderr, `postoffice: error: ...`, with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import click
+
+from postoffice import __version__, server
+from postoffice.auth.passwords import hash_password, scram_sha256_record
+from postoffice.config import (
+    CONFIG_FILE,
+    LISTENER_NAMES,
+    UNIX_CAPABLE,
+    Config,
+    ConfigError,
+    ListenAddress,
+    format_size,
+    load_config,
+    parse_hostname,
+    parse_listen_address,
+    parse_size,
+    write_default_config,
+)
+from postoffice.context import open_configured_store
+from postoffice.listeners import ListenError
+from postoffice.log import FORMATS, configure_logging
+from postoffice.store import Store
+from postoffice.store.model import StoreError
+from postoffice.tls import TlsConfigError, generate_self_signed
+
+T = TypeVar("T")
+
+DEFAULT_DATA = "postoffice-data"
+GENERATED_PASSWORD_BYTES = 18  # 24 URL-safe characters, 144 bits
+
+
+class CliError(click.ClickException):
+    """A user error: printed as one line, exit status 1."""
+
+
+# -- addresses ----------------------------------------------------------------------------------
+
+# RFC 5322 §3.2.3 atext, plus UTF-8 (RFC 6531).  Quoted local parts are refused on purpose
+# (DESIGN §7): they are how relay tricks are smuggled in, and no real mailbox needs them.
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+")
+
+
+def normalise_domain(text: str) -> str:
+    """Lower-case ASCII (A-label) form of a domain; raises CliError."""
+    try:
+        ascii_form = text.strip().rstrip(".").encode("idna").decode("ascii")
+        return parse_hostname(ascii_form)
+    except (UnicodeError, ValueError):
+        raise CliError(f"invalid domain {text!r}") from None
+
+
+def normalise_address(text: str) -> str:
+    """`local@domain` with the domain normalised; the local part keeps its case."""
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain:
+        raise CliError(f"invalid address {text!r}: expected user@domain")
+    # RFC 5321 §4.5.3.1.1: a local part is at most 64 octets.
+    if len(local.encode()) > 64 or not all(_ATOM.fullmatch(a) for a in local.split(".")):
+        raise CliError(f"invalid address {text!r}: malformed local part")
+    try:
+        return f"{local}@{normalise_domain(domain)}"
+    except CliError:
+        raise CliError(f"invalid address {text!r}: malformed domain") from None
+
+
+def normalise_alias(text: str) -> str:
+    """An alias address: `user@domain`, or `@domain` for the domain's catch-all."""
+    if text.startswith("@"):
+        return "@" + normalise_domain(text[1:])
+    return normalise_address(text)
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+# -- option parsing -----------------------------------------------------------------------------
+
+
+def parse_quota(text: str) -> int | None:
+    """Bytes, or None (unlimited) for "none" or "0"."""
+    if text.strip().lower() in ("none", "0"):
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+def _quota_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    return None if value is None else parse_quota(value)
+
+
+def _read_password(password: str | None, from_stdin: bool) -> str | None:
+    """The password given, or None when the caller should generate one."""
+    if password is not None and from_stdin:
+        raise CliError("give either --password or --password-stdin, not both")
+    if from_stdin:
+        if sys.stdin is None:
+            raise CliError("--password-stdin given but there is no standard input")
+        # One line; only the line end is stripped, spaces may be part of the password.
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise CliError("no password on standard input")
+    elif password == "":
+        raise CliError("the password must not be empty")
+    return password
+
+
+def _credentials(password: str) -> tuple[str, str | None]:
+    try:
+        scram = scram_sha256_record(password)
+    except ValueError as e:
+        # Still usable with PLAIN/LOGIN, so not an error.
+        click.echo(f"postoffice: warning: {e}; SCRAM-SHA-256 logins will fail", err=True)
+        scram = None
+    return hash_password(password), scram
+
+
+def _format_quota(quota: int | None) -> str:
+    return "unlimited" if quota is None else format_size(quota)
+
+
+# -- data folder and store ----------------------------------------------------------------------
+
+
+def _data_dir(ctx: click.Context) -> Path:
+    data = ctx.find_root().params["data"]
+    assert isinstance(data, Path)
+    return data
+
+
+def _load(data: Path) -> Config:
+    if not data.is_dir():
+        raise CliError(
+            f"data folder {data} does not exist; create it with: "
+            f"postoffice --data {data} init --domain DOMAIN"
+        )
+    try:
+        return load_config(data)
+    except FileNotFoundError:
+        raise CliError(
+            f"{data} is not initialised (no {CONFIG_FILE}); run: "
+            f"postoffice --data {data} init --domain DOMAIN"
+        ) from None
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+def _with_store(data: Path, operation: Callable[[Store], Awaitable[T]]) -> T:
+    """Run one store operation for a command; store errors become CLI errors."""
+    config = _load(data)
+
+    async def run() -> T:
+        store = await open_configured_store(data, config)
+        try:
+            return await operation(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreError as e:
+        raise CliError(str(e)) from None
+
+
+async def _require_domain(store: Store, domain: str) -> None:
+    if not await store.is_local_domain(domain):
+        raise CliError(f"unknown domain {domain} (add it with: postoffice domain add {domain})")
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+# no_args_is_help=False on every group: a missing command is a one-line error with a hint,
+# not a help page on stderr.
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=False)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="POSTOFFICE_DATA",
+    default=DEFAULT_DATA,
+    show_default=True,
+    show_envvar=True,
+    help="Data folder: config, store, TLS files.",
+)
+@click.version_option(__version__, prog_name="postoffice")
+def cli(data: Path) -> None:
+    """postoffice: a complete mail server in one process."""
+
+
+@cli.command()
+@click.option("--domain", required=True, help="First local mail domain, e.g. example.com.")
+@click.option("--hostname", help="This server's host name; default mail.DOMAIN.")
+@click.pass_context
+def init(ctx: click.Context, domain: str, hostname: str | None) -> None:
+    """Create the data folder: config, self-signed TLS certificate and store."""
+    data = _data_dir(ctx)
+    domain = normalise_domain(domain)
+    host = normalise_domain(hostname) if hostname is not None else f"mail.{domain}"
+    if (data / CONFIG_FILE).exists():
+        raise CliError(f"{data} is already initialised ({CONFIG_FILE} exists)")
+    if data.exists() and any(data.iterdir()):
+        raise CliError(f"{data} is not empty; init needs a new or empty folder")
+    created = not data.exists()
+    # Mail and keys live here: nobody else may read them.
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        cert, key = Config().tls.paths(data)
+        generate_self_signed(host, cert, key)
+        asyncio.run(_init_store(data, domain))
+        # Last, so that a folder is "initialised" only once everything else is in place.
+        write_default_config(data / CONFIG_FILE, domain, host)
+    except BaseException:
+        # The folder was new or empty: leave it so, and a second init can simply run again.
+        for child in data.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if created:
+            data.rmdir()
+        raise
+    click.echo(f"initialised {data} for {domain} (host name {host})")
+
+
+async def _init_store(data: Path, domain: str) -> None:
+    store = await open_configured_store(data, load_config(data))
+    try:
+        await store.add_domain(domain)
+    finally:
+        await store.close()
+
+
+@cli.group(no_args_is_help=False)
+def domain() -> None:
+    """Local mail domains."""
+
+
+@domain.command("add")
+@click.argument("name")
+@click.pass_context
+def domain_add(ctx: click.Context, name: str) -> None:
+    """Accept mail for NAME."""
+    name = normalise_domain(name)
+    _with_store(_data_dir(ctx), lambda store: store.add_domain(name))
+    click.echo(f"added domain {name}")
+
+
+@domain.command("remove")
+@click.argument("name")
+@click.pass_context
+def domain_remove(ctx: click.Context, name: str) -> None:
+    """Stop accepting mail for NAME."""
+    name = normalise_domain(name)
+    _with_store(_data_dir(ctx), lambda store: store.remove_domain(name))
+    click.echo(f"removed domain {name}")
+
+
+@domain.command("list")
+@click.pass_context
+def domain_list(ctx: click.Context) -> None:
+    """One local domain per line."""
+    for name in _with_store(_data_dir(ctx), lambda store: store.list_domains()):
+        click.echo(name)
+
+
+@cli.group(no_args_is_help=False)
+def user() -> None:
+    """Accounts (mailboxes that can log in)."""
+
+
+_password = click.option("--password", help="The password (visible to other local users).")
+_password_stdin = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+
+
+@user.command("add")
+@click.argument("address")
+@_password
+@_password_stdin
+@click.option(
+    "--quota",
+    callback=_quota_option,
+    metavar="SIZE",
+    help='Storage quota like 1G or 500M; "none" or 0 for unlimited (the default).',
+)
+@click.pass_context
+def user_add(
+    ctx: click.Context,
+    address: str,
+    password: str | None,
+    password_stdin: bool,
+    quota: int | None,
+) -> None:
+    """Create an account; without a password option a random one is printed once."""
+    address = normalise_address(address)
+    given = _read_password(password, password_stdin)
+    secret = given if given is not None else secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+    password_hash, scram = _credentials(secret)
+
+    async def add(store: Store) -> None:
+        await _require_domain(store, domain_of(address))
+        await store.add_account(address, password_hash, scram, quota_bytes=quota)
+
+    _with_store(_data_dir(ctx), add)
+    click.echo(f"added user {address}")
+    if given is None:
+        click.echo(f"generated password (shown only once): {secret}")
+
+
+@user.command("passwd")
+@click.argument("address")
+@_password
+@_password_stdin
+@click.pass_context
+def user_passwd(
+    ctx: click.Context, address: str, password: str | None, password_stdin: bool
+) -> None:
+    """Set a new password; without a password option a random one is printed once."""
+    address = normalise_address(address)
+    given = _read_password(password, password_stdin)
+    secret = given if given is not None else secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+    password_hash, scram = _credentials(secret)
+    _with_store(_data_dir(ctx), lambda store: store.set_password(address, password_hash, scram))
+    click.echo(f"changed password of {address}")
+    if given is None:
+        click.echo(f"generated password (shown only once): {secret}")
+
+
+@user.command("remove")
+@click.argument("address")
+@click.pass_context
+def user_remove(ctx: click.Context, address: str) -> None:
+    """Delete an account and all its mail."""
+    address = normalise_address(address)
+    _with_store(_data_dir(ctx), lambda store: store.remove_account(address))
+    click.echo(f"removed user {address}")
+
+
+@user.command("list")
+@click.pass_context
+def user_list(ctx: click.Context) -> None:
+    """One account per line: address, messages, bytes used, quota."""
+    for account in _with_store(_data_dir(ctx), lambda store: store.list_accounts()):
+        click.echo(
+            f"{account.address}  messages={account.used_messages}"
+            f"  used={format_size(account.used_bytes)}  quota={_format_quota(account.quota_bytes)}"
+        )
+
+
+@user.command("quota")
+@click.argument("address")
+@click.argument("size")
+@click.pass_context
+def user_quota(ctx: click.Context, address: str, size: str) -> None:
+    """Set the storage quota: SIZE like 1G or 500M; "none" or 0 for unlimited."""
+    address = normalise_address(address)
+    quota = parse_quota(size)
+
+    async def set_quota(store: Store) -> None:
+        account = await store.get_account(address)
+        if account is None:
+            raise CliError(f"no such user {address}")
+        await store.set_quota(address, quota, account.quota_messages)
+
+    _with_store(_data_dir(ctx), set_quota)
+    click.echo(f"quota of {address}: {_format_quota(quota)}")
+
+
+@cli.group(no_args_is_help=False)
+def alias() -> None:
+    """Addresses that forward to others (@domain: catch-all)."""
+
+
+@alias.command("add")
+@click.argument("address")
+@click.argument("targets", nargs=-1, required=True)
+@click.pass_context
+def alias_add(ctx: click.Context, address: str, targets: tuple[str, ...]) -> None:
+    """Deliver mail for ADDRESS to every TARGET (local or remote addresses)."""
+    address = normalise_alias(address)
+    normalised = [normalise_address(t) for t in targets]
+
+    async def add(store: Store) -> None:
+        await _require_domain(store, domain_of(address))
+        await store.add_alias(address, normalised)
+
+    _with_store(_data_dir(ctx), add)
+    click.echo(f"added alias {address} -> {', '.join(normalised)}")
+
+
+@alias.command("remove")
+@click.argument("address")
+@click.pass_context
+def alias_remove(ctx: click.Context, address: str) -> None:
+    """Delete an alias."""
+    address = normalise_alias(address)
+    _with_store(_data_dir(ctx), lambda store: store.remove_alias(address))
+    click.echo(f"removed alias {address}")
+
+
+@alias.command("list")
+@click.pass_context
+def alias_list(ctx: click.Context) -> None:
+    """One alias per line: address -> targets."""
+    for entry in _with_store(_data_dir(ctx), lambda store: store.list_aliases()):
+        click.echo(f"{entry.address} -> {', '.join(entry.targets)}")
+
+
+def _parse_listen(item: str) -> tuple[str, ListenAddress | None]:
+    name, eq, value = item.partition("=")
+    if not eq:
+        raise CliError(f"--listen {item}: expected NAME=HOST:PORT or NAME=off")
+    try:
+        return name, parse_listen_address(value, allow_unix=name in UNIX_CAPABLE)
+    except ValueError as e:
+        raise CliError(f"--listen {item}: {e}") from None
+
+
+@cli.command()
+@click.option(
+    "--listen",
+    "listens",
+    multiple=True,
+    metavar="NAME=HOST:PORT|NAME=off",
+    help="Move a listener or turn it off (repeatable); overrides the config file.",
+)
+@click.option("--workers", type=click.IntRange(1, 256), help="Processes to run (default: config).")
+@click.option("--log-format", type=click.Choice(FORMATS), help="Log line format (default: config).")
+@click.pass_context
+def serve(
+    ctx: click.Context, listens: tuple[str, ...], workers: int | None, log_format: str | None
+) -> int:
+    """Run every listener until SIGTERM."""
+    data = _data_dir(ctx)
+    config = _load(data)
+    try:
+        config = config.with_listeners(dict(_parse_listen(item) for item in listens))
+    except ValueError as e:
+        raise CliError(f"--listen: {e}") from None
+    if workers is not None:
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, workers=workers)
+        )
+    if log_format is not None:
+        config = dataclasses.replace(config, log=dataclasses.replace(config.log, format=log_format))
+    configure_logging(config.log.format, config.log.level)
+    try:
+        return server.serve(data, config, server.default_registry())
+    except (TlsConfigError, ListenError) as e:
+        raise CliError(str(e)) from None
+
+
+@cli.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Listeners and what the store holds."""
+    data = _data_dir(ctx)
+    config = _load(data)
+    counts = _with_store(data, lambda store: store.counts())
+    registry = server.default_registry()
+    lines = [f"data folder: {data.absolute()}", f"host name: {config.server.hostname}"]
+    lines.append("listeners:")
+    enabled = {listener.name: listener for listener in config.enabled_listeners()}
+    for name in LISTENER_NAMES:
+        listener = enabled.get(name)
+        if listener is None:
+            state = "off"
+        else:
+            tls = " (implicit TLS)" if listener.implicit_tls else ""
+            built = "built" if name in registry else "not built yet"
+            state = f"{listener.address}{tls}  {built}"
+        lines.append(f"  {name:<12} {state}")
+    lines += [
+        f"domains: {counts['domains']}",
+        f"users: {counts['accounts']}",
+        f"aliases: {counts['aliases']}",
+        f"mailboxes: {counts['mailboxes']}",
+        f"messages: {counts['messages']} ({counts['entries']} mailbox entries)",
+        f"store size: {counts['blob_bytes'] + counts['db_bytes']} bytes"
+        f" (metadata {counts['db_bytes']}, messages {counts['blob_bytes']})",
+    ]
+    click.echo("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    try:
+        result = cli.main(args=argv, prog_name="postoffice", standalone_mode=False)
+    except click.UsageError as e:
+        hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        _fail(f"{e.format_message()}{hint}", e.exit_code)
+    except click.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except click.Abort:
+        _fail("interrupted", 130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    # One line, always: a multi-line message would break "one error, one line".
+    click.echo(f"postoffice: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)

@@ -1,0 +1,683 @@
+"""The configuration file `DATA/postoffice.toml`, loaded into frozen dataclasses.
+
+Each section is a dataclass whose fields carry, next to their default, a one-line comment and a
+parser (`_about`).  Loading, validating and writing the commented default file all walk those
+declarations, so a new setting (or a new section added to `Config`) cannot be forgotten by one
+of them.  Every error names the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, TypeVar, get_type_hints
+
+CONFIG_FILE: Final = "postoffice.toml"
+
+T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can fix; str() is the whole one-line message."""
+
+    def __init__(self, path: Path, line: int | None, key: str | None, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.message = message
+        where = str(path) if line is None else f"{path}, line {line}"
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+class SettingError(ValueError):
+    """Raised by a section's __post_init__ when settings conflict; names the key to blame."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+# -- sizes -------------------------------------------------------------------------------
+
+_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE: Final = re.compile(r"(\d+)\s*([KMGT]?)(?:I?B)?")
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer or a string like "50M", "1G", "512K", "4096" (binary units).
+
+    Raises ValueError with a message fit to show a user.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"size must not be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value.strip().upper())
+        if match:
+            return int(match[1]) * _UNITS[match[2]]
+    raise ValueError(f"invalid size {value!r}: use bytes or a number with K, M, G or T, like 50M")
+
+
+def format_size(size: int) -> str:
+    """The shortest exact form parse_size reads back ("50M" for 52428800)."""
+    for unit in ("T", "G", "M", "K"):
+        factor = _UNITS[unit]
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+# -- listen addresses ------------------------------------------------------------------------
+
+IMPLICIT_TLS: Final = frozenset({"submissions", "imaps", "pop3s"})
+UNIX_CAPABLE: Final = frozenset({"lmtp"})
+
+
+@dataclass(frozen=True, slots=True)
+class TcpAddress:
+    host: str  # "" listens on every interface
+    port: int  # 0 lets the kernel pick (tests)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnixAddress:
+    path: Path  # relative paths are taken from the data folder
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+ListenAddress = TcpAddress | UnixAddress
+
+
+def parse_listen_address(text: str, *, allow_unix: bool) -> ListenAddress | None:
+    """ "HOST:PORT", "[V6]:PORT", ":PORT" (every interface), "unix:PATH" or "off" (None)."""
+    if text == "off":
+        return None
+    if text.startswith("unix:"):
+        if not allow_unix:
+            raise ValueError("only lmtp can listen on a unix socket")
+        if not text[5:]:
+            raise ValueError(f"invalid listen address {text!r}: unix: needs a socket path")
+        return UnixAddress(Path(text[5:]))
+    match = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]\s]*)):(\d{1,5})", text)
+    if not match:
+        raise ValueError(f'invalid listen address {text!r}: use "HOST:PORT", "[::1]:PORT" or "off"')
+    host, port = match[1] or match[2] or "", int(match[3])
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    if host == "*":
+        host = ""
+    return TcpAddress(host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One enabled listener as the listener layer sees it."""
+
+    name: str
+    address: ListenAddress
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.name in IMPLICIT_TLS
+
+
+# -- declaring settings ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    doc: str
+    parse: Callable[[Any], Any]
+    render: Callable[[Any], str]
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    # JSON string escapes are valid TOML basic-string escapes.
+    return json.dumps(str(value))
+
+
+def _about(
+    doc: str, parse: Callable[[Any], T], render: Callable[[T], str] = _toml
+) -> dict[str, _Setting]:
+    """Field metadata: the setting's one-line comment, its parser and its TOML writer."""
+    return {"setting": _Setting(doc, parse, render)}
+
+
+def _int(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {_describe(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"expected a number of seconds, got {_describe(value)}")
+    if value < 0:
+        raise ValueError(f"must not be negative, got {value}")
+    return float(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _size(value: Any) -> int:
+    return parse_size(value)
+
+
+def _render_size(value: int) -> str:
+    return _toml(format_size(value))
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            allowed = ", ".join(f'"{c}"' for c in choices)
+            raise ValueError(f"must be one of {allowed}, got {_describe(value)}")
+        return str(value)
+
+    return parse
+
+
+_HOST_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def parse_hostname(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a host name, got {_describe(value)}")
+    name = value.lower().rstrip(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(p) for p in name.split(".")):
+        raise ValueError(f"invalid host name {value!r}")
+    return name
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a file path, got {_describe(value)}")
+    return Path(value)
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(
+            f'expected a list of networks like ["127.0.0.0/8"], got {_describe(value)}'
+        )
+    try:
+        return tuple(ipaddress.ip_network(v, strict=False) for v in value)
+    except ValueError as e:
+        raise ValueError(f"invalid network: {e}") from None
+
+
+def _render_networks(value: tuple[Network, ...]) -> str:
+    return _toml(tuple(str(n) for n in value))
+
+
+def _listen(name: str) -> Callable[[Any], ListenAddress | None]:
+    def parse(value: Any) -> ListenAddress | None:
+        if not isinstance(value, str):
+            raise ValueError(f'expected "HOST:PORT" or "off", got {_describe(value)}')
+        return parse_listen_address(value, allow_unix=name in UNIX_CAPABLE)
+
+    return parse
+
+
+def _render_listen(value: ListenAddress | None) -> str:
+    return _toml("off" if value is None else str(value))
+
+
+def _listener(doc: str, name: str) -> dict[str, _Setting]:
+    return _about(doc, _listen(name), _render_listen)
+
+
+def _describe(value: object) -> str:
+    scalar = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    if type(value) in scalar:
+        return f"{scalar[type(value)]} ({_toml(value)})"
+    if isinstance(value, dict):
+        return "a table"
+    return "an array" if isinstance(value, list) else "a date or time"
+
+
+# -- the sections ------------------------------------------------------------------------------
+# A section's docstring is the comment written above it in the default file.
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The server as a whole."""
+
+    hostname: str = field(
+        default="localhost",
+        metadata=_about("Name this server uses for itself (SMTP greeting, TLS).", parse_hostname),
+    )
+    workers: int = field(
+        default=1,
+        metadata=_about(
+            "Processes sharing the listening sockets (--workers overrides).", _int(1, 256)
+        ),
+    )
+    shutdown_grace_seconds: float = field(
+        default=30.0,
+        metadata=_about("Seconds in-flight sessions get to finish after SIGTERM.", _seconds),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenersConfig:
+    """Where each protocol listens: "HOST:PORT", "[::1]:PORT", ":PORT" (every interface) or
+    "off".  The defaults are the development ports; each comment gives the production one."""
+
+    smtp: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 2525),
+        metadata=_listener("ESMTP from the world to local domains (MX); production :25.", "smtp"),
+    )
+    submission: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 5587),
+        metadata=_listener("Users sending mail, STARTTLS + AUTH; production :587.", "submission"),
+    )
+    submissions: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 5465),
+        metadata=_listener("Submission over implicit TLS; production :465.", "submissions"),
+    )
+    lmtp: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 2424),
+        metadata=_listener('LMTP hand-over from another MTA; also "unix:PATH".', "lmtp"),
+    )
+    imap: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 1143),
+        metadata=_listener("IMAP4rev1 + IMAP4rev2 with STARTTLS; production :143.", "imap"),
+    )
+    imaps: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 1993),
+        metadata=_listener("IMAP over implicit TLS; production :993.", "imaps"),
+    )
+    pop3: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 1110),
+        metadata=_listener("POP3 with STLS; production :110.", "pop3"),
+    )
+    pop3s: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 1995),
+        metadata=_listener("POP3 over implicit TLS; production :995.", "pop3s"),
+    )
+    sieve: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 4190),
+        metadata=_listener("ManageSieve; production :4190.", "sieve"),
+    )
+    http: ListenAddress | None = field(
+        default=TcpAddress("127.0.0.1", 8080),
+        metadata=_listener(
+            "Webmail, admin, autoconfig, metrics, JSON API; production :443.", "http"
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for every listener (implicit TLS and STARTTLS)."""
+
+    cert: Path = field(
+        default=Path("tls/cert.pem"),
+        metadata=_about("Certificate chain (PEM), relative to the data folder.", _path),
+    )
+    key: Path = field(
+        default=Path("tls/key.pem"),
+        metadata=_about("Private key (PEM), relative to the data folder.", _path),
+    )
+    min_version: str = field(
+        default="TLSv1.2",
+        metadata=_about(
+            'Oldest TLS version accepted: "TLSv1.2" or "TLSv1.3".', _choice("TLSv1.2", "TLSv1.3")
+        ),
+    )
+
+    def paths(self, data_dir: Path) -> tuple[Path, Path]:
+        """(cert, key) as absolute paths."""
+        return data_dir / self.cert, data_dir / self.key
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Logins and failed-login throttling."""
+
+    plaintext_networks: tuple[Network, ...] = field(
+        default=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        metadata=_about(
+            "Client networks allowed to log in without TLS.", _networks, _render_networks
+        ),
+    )
+    max_failures_per_ip: int = field(
+        default=10,
+        metadata=_about(
+            "Failed logins from one IP (IPv6: one /64) before it is locked out.", _int(1, 10**6)
+        ),
+    )
+    max_failures_per_account: int = field(
+        default=5,
+        metadata=_about("Failed logins for one account before it is locked out.", _int(1, 10**6)),
+    )
+    window_seconds: float = field(
+        default=300.0, metadata=_about("Seconds over which failed logins are counted.", _seconds)
+    )
+    lockout_seconds: float = field(
+        default=300.0, metadata=_about("Seconds a locked-out IP or account must wait.", _seconds)
+    )
+    delay_base_seconds: float = field(
+        default=0.5,
+        metadata=_about("Delay before answering after one failure; doubles with each.", _seconds),
+    )
+    delay_max_seconds: float = field(
+        default=5.0, metadata=_about("Longest delay before answering a login.", _seconds)
+    )
+    max_tracked: int = field(
+        default=100_000,
+        metadata=_about("Most IPs (and most accounts) whose failures are kept.", _int(1, 10**9)),
+    )
+    exempt_loopback: bool = field(
+        default=False,
+        metadata=_about("Never throttle 127.0.0.0/8 and ::1 (for a trusted local proxy).", _bool),
+    )
+
+    def __post_init__(self) -> None:
+        if self.window_seconds == 0:
+            raise SettingError("window_seconds", "must be more than 0")
+        if self.delay_base_seconds > self.delay_max_seconds:
+            raise SettingError("delay_base_seconds", "must not exceed delay_max_seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Limits that keep one client from exhausting the server."""
+
+    max_connections: int = field(
+        default=10_000,
+        metadata=_about("Open connections per process, all listeners together.", _int(1, 10**7)),
+    )
+    max_connections_per_ip: int = field(
+        default=50,
+        metadata=_about("Open connections per process from one client IP.", _int(1, 10**7)),
+    )
+    command_line_length: int = field(
+        default=8192,
+        metadata=_about("Longest command line accepted, in bytes.", _int(512, 1 << 20)),
+    )
+    message_size: int = field(
+        default=50 << 20,
+        metadata=_about("Largest message accepted (SMTP SIZE, IMAP APPEND).", _size, _render_size),
+    )
+    literal_size: int = field(
+        default=1 << 20,
+        metadata=_about("Largest IMAP literal other than a message.", _size, _render_size),
+    )
+    tls_handshake_seconds: float = field(
+        default=30.0, metadata=_about("Seconds a client gets to finish a TLS handshake.", _seconds)
+    )
+    smtp_idle_seconds: float = field(
+        default=300.0,
+        metadata=_about("Idle seconds before SMTP, LMTP, submission hang up.", _seconds),
+    )
+    imap_idle_seconds: float = field(
+        default=1800.0,
+        metadata=_about("Idle seconds before IMAP hangs up (RFC 9051 §5.4: >= 30 min).", _seconds),
+    )
+    pop3_idle_seconds: float = field(
+        default=600.0,
+        metadata=_about("Idle seconds before POP3 hangs up (RFC 1939 §3: >= 10 min).", _seconds),
+    )
+    sieve_idle_seconds: float = field(
+        default=300.0, metadata=_about("Idle seconds before ManageSieve hangs up.", _seconds)
+    )
+    http_idle_seconds: float = field(
+        default=60.0, metadata=_about("Idle seconds before an HTTP keep-alive ends.", _seconds)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where mail and metadata live."""
+
+    backend: str = field(
+        default="sqlite",
+        metadata=_about('Metadata backend: "sqlite" (embedded).', _choice("sqlite")),
+    )
+    group_commit_max: int = field(
+        default=256,
+        metadata=_about("Most writes committed together (one fsync).", _int(1, 100_000)),
+    )
+    inline_max: int = field(
+        default=128 * 1024,
+        metadata=_about(
+            "Messages up to this size are kept inside the database, larger ones as files.",
+            _size,
+            _render_size,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Log lines on stderr."""
+
+    format: str = field(
+        default="text",
+        metadata=_about(
+            'Line format: "text" or "json" (--log-format overrides).', _choice("text", "json")
+        ),
+    )
+    level: str = field(
+        default="info",
+        metadata=_about(
+            'Least severe level logged: "debug", "info", "warning" or "error".',
+            _choice("debug", "info", "warning", "error"),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole file; each field is one [section].  Later features add sections here."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listeners: ListenersConfig = field(default_factory=ListenersConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def enabled_listeners(self) -> list[ListenerConfig]:
+        """The listeners not set to "off", in file order."""
+        return [
+            ListenerConfig(name, address)
+            for name, address in _values(self.listeners)
+            if address is not None
+        ]
+
+    def with_listeners(self, overrides: Mapping[str, ListenAddress | None]) -> Config:
+        """A copy with some listeners moved or turned off (None); names must be known."""
+        unknown = set(overrides) - set(LISTENER_NAMES)
+        if unknown:
+            raise ValueError(f"unknown listener {sorted(unknown)[0]!r} ({_known_listeners()})")
+        return dataclasses.replace(self, listeners=dataclasses.replace(self.listeners, **overrides))
+
+
+LISTENER_NAMES: Final = tuple(f.name for f in dataclasses.fields(ListenersConfig))
+
+
+def _known_listeners() -> str:
+    return "known: " + ", ".join(LISTENER_NAMES)
+
+
+def _values(section: Any) -> Iterator[tuple[str, Any]]:
+    for f in dataclasses.fields(section):
+        yield f.name, getattr(section, f.name)
+
+
+def _settings(cls: type) -> Iterator[tuple[str, _Setting]]:
+    for f in dataclasses.fields(cls):
+        yield f.name, f.metadata["setting"]
+
+
+def _section_types() -> dict[str, type]:
+    return dict(get_type_hints(Config))
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def load_config(data_dir: Path) -> Config:
+    """Read and validate `data_dir/postoffice.toml`.
+
+    Raises FileNotFoundError when the file is missing and ConfigError when it is wrong.
+    """
+    path = data_dir / CONFIG_FILE
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, None, f"not UTF-8 text ({e.reason})") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _syntax_error(path, str(e), text) from None
+    lines = text.splitlines()
+    types = _section_types()
+    sections: dict[str, Any] = {}
+    for name, table in document.items():
+        if name not in types:
+            known = ", ".join(types)
+            raise ConfigError(
+                path, _find_line(lines, name), f"[{name}]", f"unknown section ({known})"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(path, _find_line(lines, name), name, "must be a [section] table")
+        sections[name] = _load_section(types[name], name, table, path, lines)
+    return Config(**sections)
+
+
+def _load_section(
+    cls: type, section: str, table: dict[str, Any], path: Path, lines: list[str]
+) -> Any:
+    declared = dict(_settings(cls))
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        line = _find_line(lines, section, key)
+        if key not in declared:
+            known = ", ".join(declared)
+            raise ConfigError(path, line, f"{section}.{key}", f"unknown setting (known: {known})")
+        try:
+            values[key] = declared[key].parse(raw)
+        except ValueError as e:
+            raise ConfigError(path, line, f"{section}.{key}", str(e)) from None
+    try:
+        return cls(**values)
+    except SettingError as e:
+        line = _find_line(lines, section, e.key)
+        raise ConfigError(path, line, f"{section}.{e.key}", str(e)) from None
+
+
+def _syntax_error(path: Path, message: str, text: str) -> ConfigError:
+    match = re.fullmatch(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", message)
+    if not match:
+        return ConfigError(path, None, None, f"invalid TOML: {message}")
+    what = match[1][:1].lower() + match[1][1:]
+    if match[2] is None:
+        return ConfigError(path, max(1, len(text.splitlines())), None, f"invalid TOML: {what}")
+    return ConfigError(path, int(match[2]), None, f"invalid TOML: {what} (column {match[3]})")
+
+
+_HEADER_RE: Final = re.compile(r"\s*\[\s*([^\[\]]+?)\s*\]")
+_KEY_RE: Final = re.compile(r"\s*([A-Za-z0-9_.\"' -]+?)\s*=")
+
+
+def _find_line(lines: list[str], section: str, key: str | None = None) -> int | None:
+    """The line defining `section.key` (or the section), found by a light scan of the text.
+
+    tomllib reports no positions for values, so semantic errors locate their key here.
+    Falls back to the section's header when the key sits in an inline table.
+    """
+    wanted = (section,) if key is None else (section, key)
+    current: tuple[str, ...] = ()
+    section_line: int | None = None
+    for number, line in enumerate(lines, 1):
+        header = _HEADER_RE.match(line)
+        if header and not line.lstrip().startswith("[["):
+            current = _key_path(header[1])
+            if current[:1] == (section,) and section_line is None:
+                section_line = number
+            if current[: len(wanted)] == wanted:
+                return number
+            continue
+        assignment = _KEY_RE.match(line)
+        if assignment:
+            full = current + _key_path(assignment[1])
+            if full[: len(wanted)] == wanted:
+                return number
+            if full[:1] == (section,) and section_line is None:
+                section_line = number
+    return section_line
+
+
+def _key_path(dotted: str) -> tuple[str, ...]:
+    return tuple(part.strip().strip("\"'") for part in dotted.split("."))
+
+
+# -- writing the default file ------------------------------------------------------------------
+
+
+def write_default_config(path: Path, domain: str, hostname: str) -> None:
+    """Write a complete config with every setting spelled out under a one-line comment.
+
+    Written to a temporary name and renamed, so a crash never leaves half a file that would
+    make the folder look initialised.
+    """
+    config = Config(server=ServerConfig(hostname=hostname))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_config(config, domain), "utf-8")
+    os.replace(tmp, path)
+
+
+def render_config(config: Config, domain: str) -> str:
+    out = [
+        f"# postoffice configuration for {domain}.",
+        "# Every setting is written out with its default; sizes take K, M, G or T (1K = 1024).",
+    ]
+    for name, section in _values(config):
+        out.append("")
+        out.extend(f"# {line.strip()}" for line in (type(section).__doc__ or "").splitlines())
+        out.append(f"[{name}]")
+        for key, meta in _settings(type(section)):
+            out.append(f"# {meta.doc}")
+            out.append(f"{key} = {meta.render(getattr(section, key))}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,110 @@
+-- The embedded metadata schema (SQLite, WAL).  Version in meta('schema_version').
+PRAGMA foreign_keys = ON;
+
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS domains (
+    name TEXT PRIMARY KEY COLLATE NOCASE
+);
+
+CREATE TABLE IF NOT EXISTS accounts (
+    id INTEGER PRIMARY KEY,
+    address TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    domain TEXT NOT NULL COLLATE NOCASE REFERENCES domains(name),
+    password_hash TEXT NOT NULL,
+    scram_sha256 TEXT,
+    quota_bytes INTEGER,
+    quota_messages INTEGER,
+    used_bytes INTEGER NOT NULL DEFAULT 0,
+    used_messages INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS aliases (
+    address TEXT PRIMARY KEY COLLATE NOCASE,  -- "user@domain" or "@domain" (catch-all)
+    domain TEXT NOT NULL COLLATE NOCASE REFERENCES domains(name),
+    targets TEXT NOT NULL                     -- JSON array of addresses
+);
+
+CREATE TABLE IF NOT EXISTS mailboxes (
+    id INTEGER PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    special_use TEXT,
+    uidvalidity INTEGER NOT NULL,
+    uidnext INTEGER NOT NULL DEFAULT 1,
+    highestmodseq INTEGER NOT NULL DEFAULT 1,
+    membership_modseq INTEGER NOT NULL DEFAULT 1,  -- last add or removal: keys the UID-array cache
+    UNIQUE (account_id, name)
+);
+
+-- Subscriptions are names, not mailboxes: they outlive a deleted mailbox (RFC 3501 §6.3.9).
+CREATE TABLE IF NOT EXISTS subscriptions (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    PRIMARY KEY (account_id, name)
+) WITHOUT ROWID;
+
+-- One row per distinct message content (blob), shared by every mailbox entry that holds it.
+-- The IMAP forms and search fields are computed once, at the first append.
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    content BLOB,                 -- the raw message when small enough; NULL: in a blob file
+    size INTEGER NOT NULL,
+    header_end INTEGER NOT NULL,
+    sent_date INTEGER,            -- Date: header, unix seconds (NULL if absent or unparsable)
+    sent_day INTEGER,             -- days since 1970-01-01 of Date: in its own zone (SENT* keys)
+    subject TEXT NOT NULL,        -- decoded
+    base_subject TEXT NOT NULL,   -- RFC 5256 §2.1
+    from_addr TEXT NOT NULL,      -- decoded "Name <a@b>, ..." for SEARCH FROM
+    to_addr TEXT NOT NULL,
+    cc_addr TEXT NOT NULL,
+    bcc_addr TEXT NOT NULL,
+    sort_from TEXT NOT NULL,      -- RFC 5256 SORT keys
+    sort_to TEXT NOT NULL,
+    sort_cc TEXT NOT NULL,
+    display_from TEXT NOT NULL,   -- RFC 5957 DISPLAYFROM / DISPLAYTO
+    display_to TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    in_reply_to TEXT NOT NULL,
+    refs TEXT NOT NULL,           -- space-separated msg-ids of References:
+    envelope BLOB NOT NULL,       -- IMAP wire forms
+    body BLOB NOT NULL,
+    bodystructure BLOB NOT NULL,
+    parts BLOB NOT NULL,          -- mime.encode_parts(): part tree with byte offsets
+    created INTEGER NOT NULL
+);
+
+-- Substring search over header and body text (IMAP SEARCH is substring, case-insensitive).
+CREATE VIRTUAL TABLE IF NOT EXISTS message_text USING fts5(
+    headers, body, tokenize = 'trigram'
+);
+
+CREATE TABLE IF NOT EXISTS entries (
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    message_id INTEGER NOT NULL REFERENCES messages(id),
+    modseq INTEGER NOT NULL,
+    flags INTEGER NOT NULL DEFAULT 0,  -- model.Flag bitmask
+    keywords TEXT,                     -- space-separated, NULL when none
+    internaldate INTEGER NOT NULL,     -- unix seconds
+    tz_offset INTEGER NOT NULL,        -- minutes east of UTC, for INTERNALDATE's zone
+    size INTEGER NOT NULL,             -- len(prefix) + messages.size
+    prefix BLOB,                       -- per-entry header lines before the shared blob
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS entries_by_modseq ON entries (mailbox_id, modseq);
+CREATE INDEX IF NOT EXISTS entries_by_message ON entries (message_id);
+
+-- Expunged UIDs with the MODSEQ of their expunge, for QRESYNC VANISHED (RFC 7162 §3.2.10).
+CREATE TABLE IF NOT EXISTS tombstones (
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;

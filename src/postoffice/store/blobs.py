@@ -36,6 +36,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _older_than(path: Path, cutoff: float) -> bool:
+    # put() renames temporary files and the sweeper deletes blobs while a listing runs.
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
 class FileBlobStore:
     """Blobs as files under `root/ab/<sha256>`; all methods block, so call them off-loop.
 
@@ -54,11 +62,13 @@ class FileBlobStore:
     def put(self, data: bytes) -> str:
         sha256 = blob_name(data)
         final = self.path(sha256)
-        if final.exists():
+        try:
             # Refresh the age the sweeper looks at, so a blob about to be referenced again
             # is not taken for an old orphan.
             os.utime(final)
             return sha256
+        except FileNotFoundError:
+            pass  # new content, or swept just now: write it
         if not final.parent.exists():
             final.parent.mkdir(exist_ok=True)
             # A new directory entry is durable only once its parent is fsync'd too.
@@ -93,10 +103,10 @@ class FileBlobStore:
             if len(first.name) != 2 or not first.is_dir():
                 continue
             for blob in first.iterdir():
-                if blob.stat().st_mtime < cutoff:
+                if _older_than(blob, cutoff):
                     yield blob.name
         for tmp in self._tmp.iterdir():
-            if tmp.stat().st_mtime < cutoff:
+            if _older_than(tmp, cutoff):
                 tmp.unlink(missing_ok=True)
 
     def size_on_disk(self) -> int:

@@ -10,8 +10,10 @@ CREATE TABLE IF NOT EXISTS domains (
     name TEXT PRIMARY KEY COLLATE NOCASE
 );
 
+-- AUTOINCREMENT: an id is never handed out twice, so nothing keyed by a deleted account
+-- or mailbox (caches, event subscriptions, sessions) can mistake a new one for it.
 CREATE TABLE IF NOT EXISTS accounts (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     address TEXT NOT NULL UNIQUE COLLATE NOCASE,
     domain TEXT NOT NULL COLLATE NOCASE REFERENCES domains(name),
     password_hash TEXT NOT NULL,
@@ -30,7 +32,7 @@ CREATE TABLE IF NOT EXISTS aliases (
 );
 
 CREATE TABLE IF NOT EXISTS mailboxes (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
     name TEXT NOT NULL,
     special_use TEXT,

@@ -521,9 +521,15 @@ class SqliteStore:
                 conn.execute("UPDATE mailboxes SET name = ? WHERE id = ?", (renamed, mailbox_id))
                 # RFC 9051 §6.3.6 leaves subscriptions to the server; following the rename
                 # is what users expect.
+                # The new name may still be subscribed from a deleted mailbox (RFC 3501
+                # §6.3.9), hence OR IGNORE and the DELETE that follows.
                 conn.execute(
-                    "UPDATE subscriptions SET name = ? WHERE account_id = ? AND name = ?",
+                    "UPDATE OR IGNORE subscriptions SET name = ? WHERE account_id = ? AND name = ?",
                     (renamed, account_id, name),
+                )
+                conn.execute(
+                    "DELETE FROM subscriptions WHERE account_id = ? AND name = ?",
+                    (account_id, name),
                 )
                 emit(account_id, MailboxRenamed(account_id, mailbox_id, name, renamed))
             return self._mailbox_by_id(conn, row[0])

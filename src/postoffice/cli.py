@@ -224,9 +224,10 @@ def init(ctx: click.Context, domain: str, hostname: str | None) -> None:
     # Mail and keys live here: nobody else may read them.
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        cert, key = Config().tls.paths(data)
+        defaults = Config()
+        cert, key = defaults.tls.paths(data)
         generate_self_signed(host, cert, key)
-        asyncio.run(_init_store(data, domain))
+        asyncio.run(_init_store(data, defaults, domain))
         # Last, so that a folder is "initialised" only once everything else is in place.
         write_default_config(data / CONFIG_FILE, domain, host)
     except BaseException:
@@ -239,8 +240,8 @@ def init(ctx: click.Context, domain: str, hostname: str | None) -> None:
     click.echo(f"initialised {data} for {domain} (host name {host})")
 
 
-async def _init_store(data: Path, domain: str) -> None:
-    store = await open_configured_store(data, load_config(data))
+async def _init_store(data: Path, config: Config, domain: str) -> None:
+    store = await open_configured_store(data, config)
     try:
         await store.add_domain(domain)
     finally:

@@ -483,6 +483,40 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    """SMTP, submission and LMTP policy."""
+
+    max_recipients: int = field(
+        default=100,
+        metadata=_about("Recipients per message; more get 452 4.5.3.", _int(1, 100_000)),
+    )
+    max_errors: int = field(
+        default=10,
+        metadata=_about("Bad commands in one session before 421 and close.", _int(1, 1000)),
+    )
+    recipient_delimiter: str = field(
+        default="+",
+        metadata=_about(
+            'Plus-addressing: "user+tag@" delivers to user@ ("" turns it off).',
+            _choice("", "+", "-", "_", "."),
+        ),
+    )
+    check_from_header: bool = field(
+        default=True,
+        metadata=_about(
+            "Submission: the From: header must also be one of the user's addresses.", _bool
+        ),
+    )
+    long_lines: str = field(
+        default="reject",
+        metadata=_about(
+            'Text lines over 998 octets (RFC 5322 §2.1.1): "reject" (550 5.6.0) or "accept".',
+            _choice("reject", "accept"),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Log lines on stderr."""
 
@@ -511,6 +545,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def enabled_listeners(self) -> list[ListenerConfig]:

@@ -6,9 +6,12 @@ this; nothing outside `store/` knows SQL, file paths or which backend runs.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from postoffice.store.events import EventBus
@@ -21,10 +24,12 @@ from postoffice.store.model import (
     CopyResult,
     Credentials,
     Entry,
+    Envelope,
     FetchWhat,
     Flag,
     Mailbox,
     MailboxStatus,
+    Recipient,
     SpecialUse,
     StoreMode,
     StoreResult,
@@ -33,8 +38,70 @@ from postoffice.store.model import (
 from postoffice.store.search import SearchKey
 
 
+class QueueState(StrEnum):
+    """Where one recipient of a queued message stands."""
+
+    PENDING = "pending"  # waiting for its next attempt
+    DELIVERED = "delivered"
+    FAILED = "failed"  # permanently; a bounce is due or was sent
+    HELD = "held"  # kept back by the admin
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRecipient:
+    id: int
+    recipient: Recipient  # address and its RFC 3461 NOTIFY / ORCPT
+    state: QueueState
+    next_attempt: dt.datetime
+    attempts: int
+    last_error: str | None
+    log: tuple[str, ...]  # one line per attempt, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    id: int
+    envelope: Envelope  # its recipients are those of `recipients`, in the same order
+    recipients: tuple[QueuedRecipient, ...]
+    size: int
+    created: dt.datetime
+    origin_session: str  # the session that handed it over, to find it in the logs
+
+
+class OutboundQueue(Protocol):
+    """The durable outbound queue (DESIGN §5): messages waiting for remote delivery."""
+
+    async def enqueue(
+        self,
+        raw: bytes,
+        envelope: Envelope,
+        recipients: Sequence[Recipient],
+        origin_session: str,
+    ) -> int:
+        """Queue `raw` for `recipients` (envelope.recipients is not used); the id returned
+        is durable (committed and fsync'd) by the time this returns."""
+        ...
+
+    async def list(
+        self,
+        *,
+        state: QueueState | None = QueueState.PENDING,
+        due_before: dt.datetime | None = None,
+        limit: int = 100,
+    ) -> builtins.list[QueuedMessage]:
+        """Messages with at least one recipient in `state` (None: any) whose next attempt
+        is due by `due_before` (None: any time), oldest first."""
+        ...
+
+    async def get(self, message_id: int) -> QueuedMessage | None: ...
+    async def read(self, message_id: int) -> bytes | None: ...
+
+
 class Store(Protocol):
     events: EventBus
+
+    @property
+    def outbound(self) -> OutboundQueue: ...
 
     async def close(self) -> None: ...
 

@@ -9,6 +9,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntFlag, StrEnum
+from typing import Literal
 
 
 class Flag(IntFlag):
@@ -56,6 +57,26 @@ DEFAULT_MAILBOXES: tuple[tuple[str, SpecialUse | None], ...] = (
 )
 
 HIERARCHY_SEPARATOR = "/"
+
+
+# The SMTP envelope: what delivery routes and the outbound queue keeps.
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One RCPT TO, with its RFC 3461 DSN parameters."""
+
+    address: str  # as given, without <>; local part case kept, domain lower-cased
+    notify: tuple[str, ...] | None = None  # ("SUCCESS", "FAILURE", "DELAY") or ("NEVER",)
+    orcpt: str | None = None  # "rfc822;user@example.org" as given (xtext-decoded)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    sender: str  # "" for the null reverse-path <>
+    recipients: tuple[Recipient, ...]
+    body: Literal["7BIT", "8BITMIME", "BINARYMIME"] | None = None
+    smtputf8: bool = False
+    ret: Literal["FULL", "HDRS"] | None = None  # RFC 3461 §4.3
+    envid: str | None = None  # RFC 3461 §4.4, xtext-decoded
 
 
 class StoreError(Exception):

@@ -110,3 +110,40 @@ CREATE TABLE IF NOT EXISTS tombstones (
     modseq INTEGER NOT NULL,
     PRIMARY KEY (mailbox_id, uid)
 ) WITHOUT ROWID;
+
+-- The outbound queue (DESIGN §5): messages accepted for remote recipients, kept until every
+-- recipient is delivered or has failed.  Content is stored like messages.content: inline
+-- when small, otherwise in the blob file named by sha256 (which the sweeper must keep).
+CREATE TABLE IF NOT EXISTS queue_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256 TEXT NOT NULL,
+    content BLOB,                      -- NULL: in the blob file
+    size INTEGER NOT NULL,
+    sender TEXT NOT NULL,              -- "" for the null reverse-path
+    envid TEXT,                        -- RFC 3461 §4.4, xtext-decoded
+    ret TEXT,                          -- RFC 3461 §4.3: FULL, HDRS or NULL
+    body TEXT,                         -- RFC 6152 / 3030 BODY=: 7BIT, 8BITMIME, BINARYMIME
+    smtputf8 INTEGER NOT NULL DEFAULT 0,
+    origin_session TEXT NOT NULL,
+    created INTEGER NOT NULL           -- unix seconds
+);
+
+CREATE INDEX IF NOT EXISTS queue_messages_by_sha256 ON queue_messages (sha256);
+
+CREATE TABLE IF NOT EXISTS queue_recipients (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL REFERENCES queue_messages(id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    domain TEXT NOT NULL COLLATE NOCASE,  -- workers group deliveries by destination domain
+    notify TEXT,                       -- RFC 3461 §4.1, comma-separated; NULL: not given
+    orcpt TEXT,                        -- RFC 3461 §4.2 "addr-type;address"
+    state TEXT NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'delivered', 'failed', 'held')),
+    next_attempt INTEGER NOT NULL,     -- unix seconds
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    log TEXT NOT NULL DEFAULT '[]'     -- JSON array: one line per attempt
+);
+
+CREATE INDEX IF NOT EXISTS queue_recipients_due ON queue_recipients (state, next_attempt);
+CREATE INDEX IF NOT EXISTS queue_recipients_by_message ON queue_recipients (message_id);

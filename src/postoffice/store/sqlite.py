@@ -63,6 +63,7 @@ from postoffice.store.names import (
     is_inbox,
     normalize_mailbox_name,
 )
+from postoffice.store.outbound import SqliteOutbound, blob_is_queued
 from postoffice.store.search import SearchKey
 
 _MAILBOX_COLUMNS = (
@@ -217,6 +218,7 @@ class SqliteStore:
             setup=sqlsearch.register_functions,
             group_commit_max=group_commit_max,
         )
+        self.outbound = SqliteOutbound(self.db, self.blobs, inline_max=inline_max)
         # Shared, immutable UID arrays (DESIGN §3): one per mailbox, replaced on change.
         self._uid_cache: dict[int, tuple[int, array[int]]] = {}
 
@@ -1210,13 +1212,15 @@ class SqliteStore:
                 "DELETE FROM message_text WHERE rowid = ?", [(row[0],) for row in orphans]
             )
             conn.executemany("DELETE FROM messages WHERE id = ?", [(row[0],) for row in orphans])
-            doomed = {row[1] for row in orphans if row[2]}
+            # A blob file may also hold a queued outbound message with the same content.
+            doomed = {row[1] for row in orphans if row[2] and not blob_is_queued(conn, row[1])}
             stray = 0
             for name in self.blobs.iter_names(min_age_seconds):
                 if (
                     name not in doomed
                     and conn.execute("SELECT 1 FROM messages WHERE sha256 = ?", (name,)).fetchone()
                     is None
+                    and not blob_is_queued(conn, name)
                 ):
                     doomed.add(name)
                     stray += 1

@@ -134,7 +134,7 @@ class _Compiler:
                 self.params.append(at_least)
                 return "e.modseq >= ?"
             case Age(older, seconds):
-                # RFC 5032 §3: OLDER n is "at least n seconds old", YOUNGER n "at most".
+                # RFC 5032 §3: OLDER n: internal date n or more seconds ago; YOUNGER n: n or less.
                 self.params.append(self.now - seconds)
                 return "e.internaldate <= ?" if older else "e.internaldate >= ?"
             case Not(inner):
@@ -202,9 +202,9 @@ class _Compiler:
         return _balanced("OR", [f"text_contains({_stored(column)}, ?)" for column in columns])
 
     def _internal_date(self, op: DateOp, day: dt.date) -> str:
-        # RFC 3501 §6.4.4: dates compare "disregarding time and timezone", i.e. as the day in
-        # the entry's own zone.  Comparing local seconds with the day's bounds instead of
-        # dividing keeps floor semantics before 1970 too.
+        # RFC 9051 §6.4.4: BEFORE/ON/SINCE compare the internal date "disregarding time and
+        # timezone", i.e. its day in the entry's own zone.  Comparing local seconds with the
+        # day's bounds instead of dividing keeps floor semantics before 1970 too.
         start = (day - _EPOCH).days * _DAY
         match op:
             case "before":
@@ -220,7 +220,8 @@ class _Compiler:
                 assert_never(op)
 
     def _sent_date(self, op: DateOp, day: dt.date) -> str:
-        # Without a usable Date: field the internal date stands in, as Dovecot does.
+        # RFC 9051 §6.4.4: SENTBEFORE/SENTON/SENTSINCE take the Date: field's day, in its own
+        # zone.  Without a usable Date: field the internal date stands in, as Dovecot does.
         internal = self._internal_date(op, day)
         self.params.append((day - _EPOCH).days)
         sent = {"before": "m.sent_day < ?", "on": "m.sent_day = ?", "since": "m.sent_day >= ?"}

@@ -78,12 +78,21 @@ CREATE TABLE IF NOT EXISTS messages (
     body BLOB NOT NULL,
     bodystructure BLOB NOT NULL,
     parts BLOB NOT NULL,          -- mime.encode_parts(): part tree with byte offsets
+    search_headers BLOB,          -- folded header text, zlib (sqlsearch.index_message_text)
+    search_body BLOB,             -- folded body text, zlib
     created INTEGER NOT NULL
 );
 
--- Substring search over header and body text (IMAP SEARCH is substring, case-insensitive).
+-- Substring search over header and body text (IMAP SEARCH is substring, case-insensitive):
+-- the text is kept folded and compressed in messages.search_*, seen uncompressed through
+-- this view, and indexed by trigram without positions (detail=none; see sqlsearch.py).
+CREATE VIEW IF NOT EXISTS message_search AS
+    SELECT id, inflate_text(search_headers) AS headers, inflate_text(search_body) AS body
+    FROM messages;
+
 CREATE VIRTUAL TABLE IF NOT EXISTS message_text USING fts5(
-    headers, body, tokenize = 'trigram'
+    headers, body, tokenize = 'trigram', detail = 'none',
+    content = 'message_search', content_rowid = 'id'
 );
 
 CREATE TABLE IF NOT EXISTS entries (

@@ -865,10 +865,7 @@ class SqliteStore:
             ),
         )
         message_id = int(cursor.lastrowid or 0)
-        conn.execute(
-            "INSERT INTO message_text(rowid, headers, body) VALUES (?, ?, ?)",
-            (message_id, parsed.header_text, parsed.body_text),
-        )
+        sqlsearch.index_message_text(conn, message_id, parsed.header_text, parsed.body_text)
         return message_id
 
     async def store_flags(
@@ -1208,9 +1205,8 @@ class SqliteStore:
                 "(SELECT 1 FROM entries e WHERE e.message_id = messages.id)",
                 (int(time.time() - min_age_seconds),),
             ).fetchall()
-            conn.executemany(
-                "DELETE FROM message_text WHERE rowid = ?", [(row[0],) for row in orphans]
-            )
+            for row in orphans:
+                sqlsearch.unindex_message_text(conn, row[0])
             conn.executemany("DELETE FROM messages WHERE id = ?", [(row[0],) for row in orphans])
             # A blob file may also hold a queued outbound message with the same content.
             doomed = {row[1] for row in orphans if row[2] and not blob_is_queued(conn, row[1])}

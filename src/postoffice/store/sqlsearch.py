@@ -13,15 +13,23 @@ trigram tokenizer does to the indexed text: the functions registered here fold t
 so a search gives the same answer whether it went through the index or a scan.  (SQLite's
 fold tables are from an older Unicode: letters added since, e.g. Cherokee small letters,
 fold in the scan path only.)
+
+The text index (`index_message_text`) keeps each message's header and body text folded and
+zlib-compressed in its `messages` row, and indexes it in an external-content FTS5 table with
+`detail=none`: trigrams without positions, about the size of the text itself, instead of
+five times it.  Substring queries are GLOBs over the folded text: FTS5 narrows them down by
+trigram and checks the candidates against the (decompressed) text, so the answer is exact.
 """
 
 from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import hashlib
 import itertools
 import sqlite3
+import zlib
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, assert_never
@@ -72,7 +80,8 @@ _INLINE_RANGES: Final = 8
 # Parsed UID sets each connection keeps for uid_in().
 _UID_SET_CACHE: Final = 16
 
-_FTS_MATCH: Final = "m.id IN (SELECT rowid FROM message_text WHERE message_text MATCH ?)"
+_FTS_GLOB: Final = "m.id IN (SELECT rowid FROM message_text WHERE {column} GLOB ?)"
+_GLOB_SPECIAL: Final = str.maketrans({"*": "[*]", "?": "[?]", "[": "[[]"})
 _LOCAL_TIME: Final = "(e.internaldate + e.tz_offset * 60)"
 
 
@@ -90,8 +99,9 @@ def compile_search(key: SearchKey, now: float) -> CompiledSearch:
 
 
 def register_functions(conn: sqlite3.Connection) -> None:
-    """Add the SQL functions compiled searches call; once per connection."""
+    """Add the SQL functions compiled searches and the text index use; once per connection."""
     functions = _Functions()
+    conn.create_function("inflate_text", 1, _inflate_text, deterministic=True)
     conn.create_function("text_contains", 2, functions.text_contains, deterministic=True)
     conn.create_function("header_contains", 3, functions.header_contains, deterministic=True)
     # Not deterministic: it answers NULL when its set is not (or no longer) cached.
@@ -182,21 +192,22 @@ class _Compiler:
             return f"text_contains({column}, ?)"
         # RFC 9051 §6.4.4: HEADER with "" asks whether the field is there at all, which the
         # columns cannot tell (absent and empty look the same), so that reads the header text.
-        phrases = [_phrase(s) for s in (name, value) if _indexable(s)]
-        if phrases:
+        narrow = _indexable(name) and "\x00" not in value
+        if narrow:
             # The index narrows down the messages; header_contains() then checks the field.
-            self.params.append("headers : (" + " AND ".join(phrases) + ")")
+            self.params.append(f"*{_glob_literal(name)}:*{_glob_literal(value)}*")
         self.params += [name, value]
         check = f"header_contains({_stored('headers')}, ?, ?)"
-        return f"({_FTS_MATCH} AND {check})" if phrases else check
+        return f"({_FTS_GLOB.format(column='headers')} AND {check})" if narrow else check
 
     def _text(self, columns: tuple[str, ...], value: str) -> str:
         if not value:
             # RFC 9051 §6.4.4: the empty string is a substring of any text.
             return _TRUE
         if _indexable(value):
-            self.params.append("{" + " ".join(columns) + "} : " + _phrase(value))
-            return _FTS_MATCH
+            pattern = f"*{_glob_literal(value)}*"
+            self.params += [pattern] * len(columns)
+            return _balanced("OR", [_FTS_GLOB.format(column=column) for column in columns])
         # Trigrams cannot find one or two characters: read the text instead.
         self.params += [value] * len(columns)
         return _balanced("OR", [f"text_contains({_stored(column)}, ?)" for column in columns])
@@ -270,29 +281,64 @@ def _merge(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
 
 
 def _stored(column: str) -> str:
-    # NULL when the message has no text row; the functions take that as no text.
-    return f"(SELECT {column} FROM message_text WHERE rowid = m.id)"
+    # NULL when the message has no indexed text; the functions take that as no text.
+    return f"(SELECT {column} FROM message_search WHERE id = m.id)"
 
 
 def _indexable(value: str) -> bool:
-    # Trigrams need three characters; FTS5 query syntax cannot carry NUL.
+    # Trigrams need three characters; a bound string with NUL ends there in SQLite's C code.
     return len(value) >= 3 and "\x00" not in value
 
 
-def _phrase(value: str) -> str:
-    # FTS5 strings: inside double quotes only the quote itself is special, written twice.
-    return '"' + value.replace('"', '""') + '"'
+def _glob_literal(value: str) -> str:
+    """A GLOB pattern piece matching `value` literally, folded as the stored text is."""
+    return fold(value).translate(_GLOB_SPECIAL)
+
+
+def index_message_text(
+    conn: sqlite3.Connection, message_id: int, header_text: str, body_text: str
+) -> None:
+    """Keep a new message's text for search: folded and compressed in its row, and indexed."""
+    # NUL would cut the text short in SQLite's C string handling; it is never searchable.
+    headers = fold(header_text.replace("\x00", " "))
+    body = fold(body_text.replace("\x00", " "))
+    conn.execute(
+        "UPDATE messages SET search_headers = ?, search_body = ? WHERE id = ?",
+        (zlib.compress(headers.encode(), 6), zlib.compress(body.encode(), 6), message_id),
+    )
+    conn.execute(
+        "INSERT INTO message_text(rowid, headers, body) VALUES (?, ?, ?)",
+        (message_id, headers, body),
+    )
+
+
+def unindex_message_text(conn: sqlite3.Connection, message_id: int) -> None:
+    """Take a message out of the index; before its row goes (the index reads it to delete)."""
+    # External-content FTS5 deletes by the values it indexed, read back through the view.
+    conn.execute(
+        "INSERT INTO message_text(message_text, rowid, headers, body) "
+        "SELECT 'delete', id, headers, body FROM message_search "
+        "WHERE id = ? AND headers IS NOT NULL",
+        (message_id,),
+    )
+
+
+def _inflate_text(data: bytes | None) -> str | None:
+    return None if data is None else zlib.decompress(data).decode()
+
+
+def fold(text: str) -> str:
+    """Per-code-point simple case folding, as the trigram tokenizer folds."""
+    return text.lower() if text.isascii() else text.translate(_fold_table())
 
 
 class _Functions:
     """The SQL functions of one connection, with their fold table and UID set cache."""
 
     def __init__(self) -> None:
-        self._fold_table = _fold_table()
         self._uid_sets: dict[str, tuple[list[int], list[int]]] = {}
 
-    def fold(self, text: str) -> str:
-        return text.lower() if text.isascii() else text.translate(self._fold_table)
+    fold = staticmethod(fold)
 
     def text_contains(self, haystack: str | None, needle: str) -> bool:
         return self.fold(needle) in self.fold(haystack or "")
@@ -333,6 +379,7 @@ def _within(uid: int, ranges: tuple[list[int], list[int]]) -> bool:
     return i >= 0 and uid <= highs[i]
 
 
+@functools.cache
 def _fold_table() -> dict[int, int]:
     """Simple case folding as str.translate() table, for the code points SQLite folds.
 

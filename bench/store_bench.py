@@ -64,8 +64,14 @@ def fsync_ceiling(directory: Path, seconds: float) -> float:
     return count / elapsed
 
 
-async def append_rate(store: SqliteStore, mailboxes: list[int], recipients: int,
-                      concurrency: int, total: int, size: int) -> float:
+async def append_rate(
+    store: SqliteStore,
+    mailboxes: list[int],
+    recipients: int,
+    concurrency: int,
+    total: int,
+    size: int,
+) -> float:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(total):
         queue.put_nowait(n)
@@ -73,8 +79,7 @@ async def append_rate(store: SqliteStore, mailboxes: list[int], recipients: int,
     async def worker() -> None:
         while not queue.empty():
             n = queue.get_nowait()
-            targets = [AppendTarget(mailboxes[(n + i) % len(mailboxes)])
-                       for i in range(recipients)]
+            targets = [AppendTarget(mailboxes[(n + i) % len(mailboxes)]) for i in range(recipients)]
             await store.append(make_message(n, size), targets)
 
     start = time.perf_counter()
@@ -86,8 +91,13 @@ async def run(quick: bool, big_mailbox: int) -> list[Result]:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="postoffice-bench-") as tmp:
         root = Path(tmp)
-        results.append(Result("fsync'd 4 KB writes/s (disk ceiling)",
-                              fsync_ceiling(root, 0.5 if quick else 2.0), "writes/s"))
+        results.append(
+            Result(
+                "fsync'd 4 KB writes/s (disk ceiling)",
+                fsync_ceiling(root, 0.5 if quick else 2.0),
+                "writes/s",
+            )
+        )
         store = await open_store(root)
         try:
             await store.add_domain("example.test")
@@ -100,11 +110,16 @@ async def run(quick: bool, big_mailbox: int) -> list[Result]:
             per_run = 50 if quick else 2000
             for recipients in (1, 10):
                 for concurrency in (1, 16):
-                    rate = await append_rate(store, mailboxes, recipients, concurrency,
-                                             per_run, 4096)
-                    results.append(Result(
-                        f"append 4 KB, {recipients} recipient(s), {concurrency} concurrent",
-                        rate, "msgs/s"))
+                    rate = await append_rate(
+                        store, mailboxes, recipients, concurrency, per_run, 4096
+                    )
+                    results.append(
+                        Result(
+                            f"append 4 KB, {recipients} recipient(s), {concurrency} concurrent",
+                            rate,
+                            "msgs/s",
+                        )
+                    )
 
             account = await store.add_account("big@example.test", "x", None)
             big = await store.get_mailbox(account.id, "INBOX")
@@ -114,23 +129,23 @@ async def run(quick: bool, big_mailbox: int) -> list[Result]:
             start = time.perf_counter()
             await append_rate(store, [big.id], 1, 32, count, 2048)
             fill = time.perf_counter() - start
-            results.append(Result(f"fill {count} x 2 KB, 32 concurrent", count / fill,
-                                  "msgs/s"))
+            results.append(Result(f"fill {count} x 2 KB, 32 concurrent", count / fill, "msgs/s"))
             after = await store.counts()
             start = time.perf_counter()
-            entries = await store.fetch(big.id, UidSet.span(1, 2**32 - 1),
-                                        FetchWhat(envelope=True))
+            entries = await store.fetch(big.id, UidSet.span(1, 2**32 - 1), FetchWhat(envelope=True))
             elapsed = time.perf_counter() - start
             assert len(entries) == count
             results.append(Result(f"fetch {count} cached envelopes", elapsed * 1000, "ms"))
             results.append(Result("fetch cached envelopes", count / elapsed, "msgs/s"))
             # Small messages live inside the database: their bytes are the blob, not overhead.
             overhead = (
-                after["db_bytes"] - before["db_bytes"]
+                after["db_bytes"]
+                - before["db_bytes"]
                 - (after["inline_bytes"] - before["inline_bytes"])
             ) / count
-            results.append(Result("metadata on disk per message (beyond the blob)", overhead,
-                                  "bytes"))
+            results.append(
+                Result("metadata on disk per message (beyond the blob)", overhead, "bytes")
+            )
         finally:
             await store.close()
     return results
@@ -139,13 +154,18 @@ async def run(quick: bool, big_mailbox: int) -> list[Result]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small smoke run (CI)")
-    parser.add_argument("--messages", type=int, default=None,
-                        help="size of the big mailbox (default 100000, quick 500)")
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=None,
+        help="size of the big mailbox (default 100000, quick 500)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     count = args.messages or (500 if args.quick else 100_000)
     try:
         import uvloop
+
         uvloop.install()
     except ImportError:
         pass

@@ -12,6 +12,7 @@ from cryptography import x509
 
 from conftest import DOMAIN, Cli, assert_one_error_line, clean_env
 from postoffice.auth.passwords import verify_password
+from postoffice.server import default_registry
 from postoffice.store import open_store
 from postoffice.store.model import Credentials
 
@@ -316,7 +317,10 @@ def test_status(data_dir: Path, cli: Cli) -> None:
     assert any(line.startswith("messages: 0") for line in lines)
     assert any(re.fullmatch(r"store size: \d+ bytes .*", line) for line in lines)
     listeners = {line.split()[0]: line for line in lines if line.startswith("  ")}
-    assert listeners["smtp"].split()[1:] == ["127.0.0.1:2525", "not", "built", "yet"]
+    registry = default_registry()
+    for name in ("smtp", "pop3", "http"):
+        state = ["built"] if name in registry else ["not", "built", "yet"]
+        assert listeners[name].split()[2:] == state
     assert "(implicit TLS)" in listeners["imaps"]
 
 

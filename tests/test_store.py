@@ -31,7 +31,7 @@ from postoffice.store.model import (
     StoreMode,
     UidSet,
 )
-from postoffice.store.search import And, Body, Header, HasFlag, Not, Or, Size, Text
+from postoffice.store.search import And, Body, HasFlag, Header, Not, Or, Size, Text
 
 MESSAGE = (
     b"From: Alice Example <alice@example.test>\r\n"

@@ -427,7 +427,9 @@ class LimitsConfig:
     )
     command_line_length: int = field(
         default=8192,
-        metadata=_about("Longest command line accepted, in bytes.", _int(512, 1 << 20)),
+        metadata=_about(
+            "Longest IMAP/POP3/ManageSieve command line, in bytes.", _int(512, 1 << 20)
+        ),
     )
     message_size: int = field(
         default=50 << 20,
@@ -489,6 +491,12 @@ class SmtpConfig:
     max_recipients: int = field(
         default=100,
         metadata=_about("Recipients per message; more get 452 4.5.3.", _int(1, 100_000)),
+    )
+    max_command_line: int = field(
+        default=512,
+        metadata=_about(
+            "Longest SMTP command line (RFC 5321 §4.5.3.1.4: at least 512).", _int(512, 65536)
+        ),
     )
     max_errors: int = field(
         default=10,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from postoffice.auth.authenticator import Authenticator
 from postoffice.auth.throttle import LoginThrottle, ThrottleConfig
 from postoffice.config import AuthConfig, Config
 from postoffice.log import BoundLogger, get_logger
@@ -51,6 +52,13 @@ class Context:
     throttle: LoginThrottle  # one per process, shared by every protocol's login
     clock: Clock = field(default_factory=SystemClock)
     logger: LoggerFactory = get_logger
+    # One per process like the throttle, so every protocol's logins are checked alike.
+    authenticator: Authenticator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.authenticator = Authenticator(
+            self.store.get_credentials, self.throttle, self.clock.monotonic
+        )
 
     async def close(self) -> None:
         await self.store.close()

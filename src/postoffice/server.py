@@ -24,6 +24,7 @@ from postoffice.config import Config
 from postoffice.context import open_context, server_tls_context
 from postoffice.listeners import BoundListener, ListenerGroup, ProtocolRegistry, bind
 from postoffice.log import BoundLogger, get_logger
+from postoffice.smtp import SMTP_LISTENERS, smtp_handler
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Blocked while workers are forked and unblocked once each process has its handlers, so a
@@ -34,7 +35,10 @@ HANDLED_SIGNALS = frozenset({*STOP_SIGNALS, signal.SIGCHLD})
 def default_registry() -> ProtocolRegistry:
     """Every protocol front-end built so far.  A new front-end registers its factory here,
     e.g. `registry.register("smtp", SmtpHandler)`."""
-    return ProtocolRegistry()
+    registry = ProtocolRegistry()
+    for name in SMTP_LISTENERS:
+        registry.register(name, smtp_handler)
+    return registry
 
 
 def serve(data_dir: Path, config: Config, registry: ProtocolRegistry) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -484,3 +485,42 @@ async def test_store_reopens_with_everything(tmp_path: Path) -> None:
         conn.close()
     finally:
         await reopened.close()
+
+
+async def test_disk_full_fails_the_group_and_the_writer_carries_on(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, inline_max=10_000_000)
+    try:
+        await store.add_domain("example.test")
+        account_id = await make_user(store)
+        inbox_id = await inbox(store, account_id)
+        await store.append(message(1), [AppendTarget(inbox_id)])
+
+        def cap(conn: sqlite3.Connection) -> int:
+            pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+            return pages
+
+        # The writer's own connection gets the cap, as a full disk would hit it.
+        await store.db.write(lambda conn, emit: cap(conn))
+        big = message(2, os.urandom(300_000).hex())
+        # Bounded: a writer that died would leave these waiting forever.
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                store.append(message(3), [AppendTarget(inbox_id)]),
+                store.append(big, [AppendTarget(inbox_id)]),
+                return_exceptions=True,
+            ),
+            timeout=30,
+        )
+        assert any(isinstance(r, sqlite3.Error) for r in results)
+        await store.db.write(
+            lambda conn, emit: conn.execute("PRAGMA max_page_count = 1073741823").fetchone()
+        )
+        # The writer survived: later writes work, and nothing half-done is visible.
+        await store.append(message(4), [AppendTarget(inbox_id)])
+        uids = list(await store.uids(inbox_id))
+        assert uids[0] == 1 and len(uids) in (2, 3)
+        for uid in uids:
+            assert await store.read_message(inbox_id, uid) is not None
+    finally:
+        await store.close()

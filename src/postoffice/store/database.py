@@ -142,28 +142,33 @@ class Database:
 
     def _commit_group(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+            self._run_group(conn, batch)
+        except BaseException as exc:
+            # Whatever went wrong (disk full, I/O error), nothing of this group is committed:
+            # every item fails, and the writer stays alive for the next group.
+            if conn.in_transaction:
+                conn.rollback()
             for item in batch:
                 item.error = exc
-            return
+                item.events.clear()
+
+    @staticmethod
+    def _run_group(conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
         for item in batch:
             conn.execute("SAVEPOINT op")
             try:
                 item.result = item.op(conn, item.emit)
             except Exception as exc:
+                if not conn.in_transaction:
+                    # SQLite ended the whole transaction itself (SQLITE_FULL, SQLITE_IOERR
+                    # ...): the items before this one are undone too.
+                    raise
                 conn.execute("ROLLBACK TO op")
                 item.error = exc
                 item.events.clear()
             conn.execute("RELEASE op")
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for item in batch:
-                item.error = exc
-                item.events.clear()
+        conn.execute("COMMIT")
 
     def _complete(self, batch: list[_Pending]) -> None:
         # Events first, in commit order, so a session woken by its own reply already has

@@ -37,6 +37,10 @@ MX = Origin(
 )
 
 
+# LMTP answers per recipient, so its verdicts show each recipient's own outcome.
+LMTP = dataclasses.replace(MX, listener="lmtp", protocol="LMTP")
+
+
 def message(sender: str = "someone@remote.test", body: str = "hello") -> bytes:
     return (
         f"From: Some One <{sender}>\r\nTo: bob@example.test\r\nSubject: test\r\n"
@@ -153,13 +157,57 @@ async def test_quota_exceeded_at_data_for_one_of_two(world: World) -> None:
     # Bob is not full yet, so RCPT accepts him; this message would overflow his quota.
     assert (await world.delivery.check_recipient(Recipient("bob@example.test"), MX)).accepted
     verdicts = await world.delivery.deliver(
-        envelope("bob@example.test", "alice@example.test"), raw, MX
+        envelope("bob@example.test", "alice@example.test"), raw, LMTP
     )
     assert outcomes(verdicts) == [Outcome.QUOTA_EXCEEDED, Outcome.ACCEPTED]
     assert "bob@example.test" in verdicts[0].detail
     assert await world.inbox("bob@example.test") == []
     assert len(await world.inbox("alice@example.test")) == 1
     assert (await world.account("bob@example.test")).used_messages == 0
+
+
+async def test_smtp_partial_failure_bounces_to_a_remote_sender(world: World) -> None:
+    await world.store.set_quota("bob@example.test", 1000, None)
+    sent = envelope("bob@example.test", "alice@example.test", sender="someone@remote.test")
+    verdicts = await world.delivery.deliver(sent, message(body="x" * 2000), MX)
+    # One 250 for the message: the copy that failed is reported by mail instead.
+    assert outcomes(verdicts) == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+    assert await world.inbox("bob@example.test") == []
+    [queued] = await world.store.outbound.list()
+    assert queued.envelope.sender == ""  # RFC 3464: bounces have the null sender
+    assert [r.recipient.address for r in queued.recipients] == ["someone@remote.test"]
+    report = await world.store.outbound.read(queued.id)
+    assert report is not None
+    parsed = email.message_from_bytes(report, policy=email.policy.default)
+    assert parsed.get_content_type() == "multipart/report"
+    assert parsed.get_param("report-type") == "delivery-status"
+    status = [p for p in parsed.walk() if p.get_content_type() == "message/delivery-status"]
+    assert len(status) == 1
+    text = report.decode()
+    assert "Final-Recipient: rfc822; bob@example.test" in text
+    assert "Status: 5.2.2" in text
+    assert "alice@example.test" not in text.split("message/delivery-status")[1].split("--")[0]
+
+
+async def test_smtp_partial_failure_bounces_to_a_local_sender(world: World) -> None:
+    await world.store.set_quota("bob@example.test", 1000, None)
+    origin = await world.submission("alice@example.test")
+    sent = envelope("bob@example.test", "friend@remote.test", sender="alice@example.test")
+    verdicts = await world.delivery.deliver(
+        sent, message("alice@example.test", body="x" * 2000), origin
+    )
+    assert outcomes(verdicts) == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+    [bounce] = await world.inbox("alice@example.test")
+    assert b"Return-Path: <>" in bounce
+    assert b"multipart/report" in bounce and b"Final-Recipient: rfc822; bob@example.test" in bounce
+
+
+async def test_a_bounce_is_never_bounced(world: World) -> None:
+    await world.store.set_quota("bob@example.test", 1000, None)
+    sent = envelope("bob@example.test", "alice@example.test", sender="")
+    verdicts = await world.delivery.deliver(sent, message(body="x" * 2000), MX)
+    assert outcomes(verdicts) == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+    assert await world.store.outbound.list() == []
 
 
 async def test_quota_exceeded_for_everyone(world: World) -> None:
@@ -284,7 +332,7 @@ async def test_verdicts_follow_recipient_order(world: World) -> None:
     verdicts = await world.delivery.deliver(
         envelope("alice@example.test", "gone@example.test", "x@remote.test", "bob@example.test"),
         message(),
-        MX,
+        LMTP,
     )
     assert outcomes(verdicts) == [
         Outcome.ACCEPTED,
@@ -380,7 +428,7 @@ async def test_queue_failure_is_temporary_for_remote_recipients_only(
         raise OSError("disk full")
 
     monkeypatch.setattr(world.store.outbound, "enqueue", broken)
-    origin = await world.submission("bob@example.test")
+    origin = dataclasses.replace(await world.submission("bob@example.test"), listener="lmtp")
     verdicts = await world.delivery.deliver(
         envelope("friend@remote.test", "alice@example.test", sender="bob@example.test"),
         message("bob@example.test"),

@@ -9,13 +9,14 @@ transaction), remote ones through the outbound queue.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.parser
 import email.policy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from postoffice.context import Context
-from postoffice.delivery import trace
+from postoffice.delivery import bounce, trace
 from postoffice.delivery.model import ACCEPTED, Envelope, Origin, Outcome, Recipient, Verdict
 from postoffice.delivery.routing import LocalDestination, Route, Router
 from postoffice.store.model import Account, AppendTarget, QuotaExceeded
@@ -130,6 +131,13 @@ class Delivery:
                 "copies": ",".join(copies),
             },
         )
+        accepted = sum(v.accepted for v in verdicts)
+        if origin.listener != "lmtp" and 0 < accepted < len(verdicts):
+            # SMTP can say only one thing about the message: 250, since some copies are
+            # committed.  The failed recipients are then reported by a bounce; if that
+            # cannot be stored either, the exception makes the session answer 451 and the
+            # client retries (a duplicate for some rather than a loss for others).
+            await self._bounce(envelope, raw, origin, verdicts)
         return verdicts
 
     async def _deliver(
@@ -177,6 +185,35 @@ class Delivery:
             verdict if verdict is not None else _combine(outcomes[index])
             for index, verdict in enumerate(verdicts)
         ]
+
+    async def _bounce(
+        self, envelope: Envelope, raw: bytes, origin: Origin, verdicts: list[Verdict]
+    ) -> None:
+        failed = [
+            (recipient, verdict)
+            for recipient, verdict in zip(envelope.recipients, verdicts, strict=True)
+            if not verdict.accepted
+        ]
+        if envelope.sender:  # RFC 5321 §6.1: never bounce a bounce
+            report = bounce.build_bounce(
+                self.ctx.config.server.hostname, envelope, raw, failed, origin.received_at
+            )
+            notice = Envelope("", (Recipient(envelope.sender),))
+            route = await self.router.route(envelope.sender, origin)
+            if route.verdict.accepted and route.local:
+                # As the system, not as the user: the report's From: is MAILER-DAEMON.
+                system = dataclasses.replace(origin, account_id=None, auth_address=None)
+                results = await self._deliver(notice, report, system, [])
+                if not results[0].accepted:
+                    raise RuntimeError(f"bounce to {envelope.sender} not stored")
+            else:
+                # A remote sender: the outbound queue carries it (null sender, RFC 3464).
+                await self.store.outbound.enqueue(
+                    report, notice, notice.recipients, origin.session_id
+                )
+        for index, verdict in enumerate(verdicts):
+            if not verdict.accepted:
+                verdicts[index] = ACCEPTED
 
     async def _check_from(self, raw: bytes, account_id: int) -> Verdict | None:
         addresses = from_addresses(raw)

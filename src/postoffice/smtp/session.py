@@ -610,16 +610,10 @@ class SmtpSession:
             for reply in per_recipient:
                 self.reply(reply)
             return
+        # Delivery reports the failed part of a partly delivered message by a bounce and
+        # answers accepted for all, so SMTP's one reply is all-or-nothing here.
         accepted = [reply for reply in per_recipient if reply.positive]
-        if len(accepted) == len(per_recipient):
-            self.reply(accepted[0])
-        elif accepted:
-            # Some copies are committed: a failure reply now would make the client send
-            # them again.  The others were refused by delivery (and are its to report).
-            text = f"Message accepted for {len(accepted)} of {len(per_recipient)} recipients"
-            self.reply(accepted[0].with_text(text))
-        else:
-            self.reply(per_recipient[0])
+        self.reply(accepted[0] if accepted else per_recipient[0])
 
     async def cmd_rset(self, args: RsetArgs) -> None:
         # RFC 5321 §4.1.1.5: abort the transaction, keep the greeting (and the login).

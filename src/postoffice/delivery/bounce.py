@@ -1,0 +1,104 @@
+"""RFC 3464 delivery status notifications for recipients that failed after the 250.
+
+SMTP answers once per message: when a message is accepted for some recipients and not
+others, the others must hear of it by mail (RFC 5321 §3.3, §6.1), or their copies would be
+lost silently.  Bounces go out with the null sender, so a bounce is never bounced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import secrets
+from collections.abc import Sequence
+
+from postoffice.delivery.model import Envelope, Recipient, Verdict
+
+# RFC 3464 §2.4: the status code class of each outcome (detail in the Diagnostic-Code).
+_STATUS = {
+    "unknown_user": "5.1.1",
+    "relay_denied": "5.7.1",
+    "bad_address": "5.1.3",
+    "sender_not_owned": "5.7.1",
+    "sender_forged": "5.7.1",
+    "quota_full": "4.2.2",
+    "quota_exceeded": "5.2.2",
+    "temporary_failure": "4.3.0",
+}
+# RFC 3461 §4.3 RET=HDRS, and a cap on what we send back of a large message.
+_RETURN_MAX = 64 * 1024
+
+
+def build_bounce(
+    hostname: str,
+    envelope: Envelope,
+    raw: bytes,
+    failed: Sequence[tuple[Recipient, Verdict]],
+    arrival: dt.datetime,
+) -> bytes:
+    """The multipart/report (RFC 6522) to `envelope.sender` naming each failed recipient."""
+    boundary = f"=_{secrets.token_hex(16)}"
+    explanation = [
+        f"This is the mail system at {hostname}.",
+        "",
+        "Your message could not be delivered to the following recipients:",
+        "",
+        *(f"  <{r.address}>: {_detail(v)}" for r, v in failed),
+    ]
+    per_message = [f"Reporting-MTA: dns; {hostname}"]
+    if envelope.envid:
+        per_message.append(f"Original-Envelope-Id: {envelope.envid}")
+    per_message.append(f"Arrival-Date: {email.utils.format_datetime(arrival)}")
+    blocks = ["\r\n".join(per_message)]
+    for recipient, verdict in failed:
+        status = _STATUS.get(verdict.outcome.value, "5.0.0")
+        fields = [f"Original-Recipient: {recipient.orcpt}"] if recipient.orcpt else []
+        fields += [
+            f"Final-Recipient: rfc822; {recipient.address}",
+            "Action: failed",
+            f"Status: {status}",
+            f"Diagnostic-Code: smtp; {status} {_detail(verdict)}",
+        ]
+        blocks.append("\r\n".join(fields))
+    header_end = raw.find(b"\r\n\r\n")
+    # RFC 3461 §4.3: RET=HDRS returns the header only; so do we for a large message.
+    headers_only = header_end >= 0 and (envelope.ret == "HDRS" or len(raw) > _RETURN_MAX)
+    returned = raw[: header_end + 2] if headers_only else raw
+    returned_type = "text/rfc822-headers" if headers_only else "message/rfc822"
+    head = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
+        f"To: <{envelope.sender}>",
+        "Subject: Undelivered Mail Returned to Sender",
+        f"Date: {email.utils.format_datetime(dt.datetime.now(dt.UTC))}",
+        f"Message-ID: {email.utils.make_msgid(domain=hostname)}",
+        "Auto-Submitted: auto-replied",  # RFC 3834 §5: no auto-reply to this
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+    ]
+    parts = [
+        "\r\n".join(head).encode(),
+        b"",
+        f"--{boundary}".encode(),
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Transfer-Encoding: 8bit",
+        b"",
+        "\r\n".join(explanation).encode(),
+        f"--{boundary}".encode(),
+        b"Content-Type: message/delivery-status",
+        b"",
+        "\r\n\r\n".join(blocks).encode(),
+        b"",
+        f"--{boundary}".encode(),
+        f"Content-Type: {returned_type}".encode(),
+        b"Content-Transfer-Encoding: 8bit",
+        b"",
+        returned.removesuffix(b"\r\n"),
+        f"--{boundary}--".encode(),
+        b"",
+    ]
+    return b"\r\n".join(parts)
+
+
+def _detail(verdict: Verdict) -> str:
+    # Header and report lines must stay single lines, whatever a detail text holds.
+    return " ".join((verdict.detail or verdict.outcome.value).split())

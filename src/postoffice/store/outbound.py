@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, Final, Literal
 
 from postoffice.store.api import QueuedMessage, QueuedRecipient, QueueState
-from postoffice.store.blobs import FileBlobStore, blob_name
+from postoffice.store.blobs import FileBlobStore, hash_off_loop
 from postoffice.store.database import Database, Emit
 from postoffice.store.model import Envelope, Recipient, StoreError
 
@@ -143,7 +143,7 @@ class SqliteOutbound:
     ) -> int:
         if not recipients:
             raise StoreError("a queued message needs at least one recipient")
-        sha256 = blob_name(raw)
+        sha256 = await hash_off_loop(raw)
         inline = len(raw) <= self.inline_max
         if not inline:
             # DESIGN §3: the file is fsync'd before the transaction naming it commits.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from postoffice.store import mime, sqlsearch
-from postoffice.store.blobs import FileBlobStore, blob_name
+from postoffice.store.blobs import FileBlobStore, hash_off_loop
 from postoffice.store.database import Database, Emit
 from postoffice.store.events import (
     EventBus,
@@ -718,7 +718,7 @@ class SqliteStore:
         offset = when.utcoffset() or dt.timedelta(0)
         stamp = int(when.timestamp())
         tz_minutes = int(offset.total_seconds() // 60)
-        sha256 = blob_name(raw)
+        sha256 = await hash_off_loop(raw)
         inline = len(raw) <= self.inline_max
         if not inline:
             await asyncio.to_thread(self.blobs.put, raw)
@@ -1125,7 +1125,12 @@ class SqliteStore:
             return None
         prefix, sha256, content = found
         if content is None:
-            content = await asyncio.to_thread(self.blobs.get, sha256)
+            try:
+                content = await asyncio.to_thread(self.blobs.get, sha256)
+            except FileNotFoundError:
+                # Expunged and swept between the row read and the file read: gone, as if
+                # the row had not been found.
+                return None
         return (prefix or b"") + content
 
     async def search(self, mailbox_id: int, key: SearchKey) -> list[int]:

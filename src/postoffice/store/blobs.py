@@ -2,7 +2,7 @@
 
 A blob is written to a temporary file, fsync'd, renamed into place and its directory
 fsync'd, so a name that exists always holds the complete content and survives a crash.
-An S3-compatible backend will implement the same `BlobStore` protocol.
+An S3-compatible backend will offer the same methods.
 """
 
 from __future__ import annotations
@@ -14,15 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
-
-
-class BlobStore(Protocol):
-    def put(self, data: bytes) -> str: ...
-    def get(self, sha256: str) -> bytes: ...
-    def exists(self, sha256: str) -> bool: ...
-    def delete(self, sha256: str) -> None: ...
-    def size_on_disk(self) -> int: ...
 
 
 def blob_name(data: bytes) -> str:

@@ -31,7 +31,6 @@ FLAG_NAMES: dict[Flag, str] = {
     Flag.DELETED: "\\Deleted",
     Flag.DRAFT: "\\Draft",
 }
-FLAG_BY_NAME: dict[str, Flag] = {name.lower(): flag for flag, name in FLAG_NAMES.items()}
 
 
 class SpecialUse(StrEnum):

@@ -40,12 +40,6 @@ def is_inbox(name: str) -> bool:
     return name.upper() == "INBOX"
 
 
-def parent_names(name: str) -> list[str]:
-    """ "a/b/c" → ["a", "a/b"]."""
-    parts = name.split(HIERARCHY_SEPARATOR)
-    return [HIERARCHY_SEPARATOR.join(parts[:i]) for i in range(1, len(parts))]
-
-
 def compile_list_pattern(reference: str, pattern: str) -> re.Pattern[str]:
     """RFC 9051 §6.3.9: "*" matches anything, "%" anything but the separator."""
     canonical = reference + pattern

@@ -341,15 +341,6 @@ class SqliteStore:
 
         return await self.db.read(op)
 
-    async def get_account_by_id(self, account_id: int) -> Account | None:
-        def op(conn: sqlite3.Connection) -> Account | None:
-            row = conn.execute(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
-            ).fetchone()
-            return _account(row) if row else None
-
-        return await self.db.read(op)
-
     async def list_accounts(self) -> list[Account]:
         return await self.db.read(
             lambda conn: [

@@ -44,6 +44,11 @@ def swaks(server: SmtpServer, listener: str, *args: str) -> subprocess.Completed
     )
 
 
+def bob_login(mechanism: str, password: str = PASSWORD) -> tuple[str, ...]:
+    """swaks arguments that log in as Bob."""
+    return ("--auth", mechanism, "--auth-user", BOB, "--auth-password", password)
+
+
 def test_mx_delivery(smtp: SmtpServer) -> None:
     result = swaks(smtp, "smtp", "--from", "a@other.test", "--to", BOB, "--h-Subject", "swaks")
     assert result.returncode == 0, result.stdout
@@ -96,12 +101,7 @@ def test_submission_starttls_and_auth(smtp: SmtpServer, mechanism: str) -> None:
         smtp,
         "submission",
         "--tls",
-        "--auth",
-        mechanism,
-        "--auth-user",
-        BOB,
-        "--auth-password",
-        PASSWORD,
+        *bob_login(mechanism),
         "--from",
         BOB,
         "--to",
@@ -119,12 +119,7 @@ def test_submissions_implicit_tls(smtp: SmtpServer) -> None:
         smtp,
         "submissions",
         "--tlsc",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        BOB,
-        "--auth-password",
-        PASSWORD,
+        *bob_login("PLAIN"),
         "--from",
         BOB,
         "--to",
@@ -140,12 +135,7 @@ def test_no_auth_in_cleartext(smtp: SmtpServer) -> None:
     result = swaks(
         smtp,
         "submission",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        BOB,
-        "--auth-password",
-        PASSWORD,
+        *bob_login("PLAIN"),
         "--from",
         BOB,
         "--to",
@@ -160,12 +150,7 @@ def test_wrong_password(smtp: SmtpServer) -> None:
         smtp,
         "submission",
         "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        BOB,
-        "--auth-password",
-        "wrong",
+        *bob_login("PLAIN", "wrong"),
         "--from",
         BOB,
         "--to",
@@ -180,12 +165,7 @@ def test_sender_spoofing_is_refused(smtp: SmtpServer) -> None:
         smtp,
         "submission",
         "--tls",
-        "--auth",
-        "LOGIN",
-        "--auth-user",
-        BOB,
-        "--auth-password",
-        PASSWORD,
+        *bob_login("LOGIN"),
         "--from",
         ALICE,
         "--to",

@@ -202,6 +202,17 @@ async def test_smtp_partial_failure_bounces_to_a_local_sender(world: World) -> N
     assert b"multipart/report" in bounce and b"Final-Recipient: rfc822; bob@example.test" in bounce
 
 
+async def test_a_bounce_that_cannot_be_stored_fails_the_message(world: World) -> None:
+    # Bob's copy fails at DATA and Alice, the sender, is full too: her bounce has nowhere to
+    # go, so the message must not get a 250 (the session answers 451 and the client retries).
+    await world.store.set_quota("bob@example.test", 1000, None)
+    await world.store.set_quota("alice@example.test", None, 0)
+    origin = await world.submission("alice@example.test")
+    sent = envelope("bob@example.test", "friend@remote.test", sender="alice@example.test")
+    with pytest.raises(RuntimeError, match="bounce"):
+        await world.delivery.deliver(sent, message("alice@example.test", body="x" * 2000), origin)
+
+
 async def test_a_bounce_is_never_bounced(world: World) -> None:
     await world.store.set_quota("bob@example.test", 1000, None)
     sent = envelope("bob@example.test", "alice@example.test", sender="")

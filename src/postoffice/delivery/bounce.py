@@ -12,18 +12,18 @@ import email.utils
 import secrets
 from collections.abc import Sequence
 
-from postoffice.delivery.model import Envelope, Recipient, Verdict
+from postoffice.delivery.model import Envelope, Outcome, Recipient, Verdict
 
 # RFC 3464 §2.4: the status code class of each outcome (detail in the Diagnostic-Code).
-_STATUS = {
-    "unknown_user": "5.1.1",
-    "relay_denied": "5.7.1",
-    "bad_address": "5.1.3",
-    "sender_not_owned": "5.7.1",
-    "sender_forged": "5.7.1",
-    "quota_full": "4.2.2",
-    "quota_exceeded": "5.2.2",
-    "temporary_failure": "4.3.0",
+_STATUS: dict[Outcome, str] = {
+    Outcome.UNKNOWN_USER: "5.1.1",
+    Outcome.RELAY_DENIED: "5.7.1",
+    Outcome.BAD_ADDRESS: "5.1.3",
+    Outcome.SENDER_NOT_OWNED: "5.7.1",
+    Outcome.SENDER_FORGED: "5.7.1",
+    Outcome.QUOTA_FULL: "4.2.2",
+    Outcome.QUOTA_EXCEEDED: "5.2.2",
+    Outcome.TEMPORARY_FAILURE: "4.3.0",
 }
 # RFC 3461 §4.3 RET=HDRS, and a cap on what we send back of a large message.
 _RETURN_MAX = 64 * 1024
@@ -51,7 +51,7 @@ def build_bounce(
     per_message.append(f"Arrival-Date: {email.utils.format_datetime(arrival)}")
     blocks = ["\r\n".join(per_message)]
     for recipient, verdict in failed:
-        status = _STATUS.get(verdict.outcome.value, "5.0.0")
+        status = _STATUS.get(verdict.outcome, "5.0.0")
         fields = [f"Original-Recipient: {recipient.orcpt}"] if recipient.orcpt else []
         fields += [
             f"Final-Recipient: rfc822; {recipient.address}",

@@ -92,10 +92,6 @@ class _BlobGone(Exception):
     """The sweeper removed a blob between its write and the append's transaction: redo."""
 
 
-class _NeedsParse(Exception):
-    """The message row was swept before the append's transaction: parse and redo."""
-
-
 def _mailbox(row: Row) -> Mailbox:
     special = row[3]
     return Mailbox(
@@ -713,15 +709,9 @@ class SqliteStore:
         inline = len(raw) <= self.inline_max
         if not inline:
             await asyncio.to_thread(self.blobs.put, raw)
-        parsed: mime.ParsedMessage | None = None
-        known = await self.db.read(
-            lambda conn: (
-                conn.execute("SELECT 1 FROM messages WHERE sha256 = ?", (sha256,)).fetchone()
-                is not None
-            )
-        )
-        if not known:
-            parsed = await asyncio.to_thread(mime.parse_message, raw)
+        # Parsed whether or not the content is stored already: asking first would cost a
+        # store round trip for every new message to save a parse for the rare duplicate.
+        parsed = await asyncio.to_thread(mime.parse_message, raw)
         for _attempt in range(_APPEND_ATTEMPTS):
             op = functools.partial(
                 self._append_op,
@@ -736,8 +726,6 @@ class SqliteStore:
                 return await self.db.write(op)
             except _BlobGone:
                 await asyncio.to_thread(self.blobs.put, raw)
-            except _NeedsParse:
-                parsed = await asyncio.to_thread(mime.parse_message, raw)
         raise StoreError("append kept racing the blob sweeper; try again")
 
     def _append_op(
@@ -747,7 +735,7 @@ class SqliteStore:
         *,
         raw: bytes,
         sha256: str,
-        parsed: mime.ParsedMessage | None,
+        parsed: mime.ParsedMessage,
         targets: Sequence[AppendTarget],
         stamp: int,
         tz_minutes: int,
@@ -763,8 +751,6 @@ class SqliteStore:
             raise _BlobGone
         if row is not None:
             message_id = int(row[0])
-        elif parsed is None:
-            raise _NeedsParse
         else:
             message_id = self._insert_message(conn, sha256, None if in_file else raw, size, parsed)
         results: list[Appended] = []

@@ -12,6 +12,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -19,6 +20,7 @@ from postoffice.auth.throttle import LoginThrottle
 from postoffice.config import Config, ServerConfig, SmtpConfig
 from postoffice.context import Context, SystemClock, throttle_config
 from postoffice.delivery import trace
+from postoffice.delivery.bounce import build_bounce
 from postoffice.delivery.model import Envelope, Origin, Outcome, Recipient, Verdict
 from postoffice.delivery.pipeline import Delivery, from_addresses
 from postoffice.store import SqliteStore, open_store
@@ -515,3 +517,31 @@ def test_from_addresses() -> None:
     assert from_addresses(message("a@b.test")) == ["a@b.test"]
     assert from_addresses(utf8) == ["jörg@example.test"]
     assert from_addresses(b"Subject: none\r\n\r\n") is None
+
+
+@pytest.mark.parametrize(
+    ("ret", "body", "returned_type"),
+    [
+        (None, "short", "message/rfc822"),
+        ("HDRS", "short", "text/rfc822-headers"),
+        (None, "z" * 100_000, "text/rfc822-headers"),  # too large to send back whole
+    ],
+)
+def test_bounce_returns_what_ret_and_size_allow(
+    ret: Literal["FULL", "HDRS"] | None, body: str, returned_type: str
+) -> None:
+    raw = message(body=body)
+    sent = Envelope("someone@remote.test", (Recipient("bob@example.test"),), ret=ret)
+    report = build_bounce(
+        "mx.example.test",
+        sent,
+        raw,
+        [(Recipient("bob@example.test"), Verdict(Outcome.QUOTA_EXCEEDED, "full"))],
+        dt.datetime(2026, 11, 30, tzinfo=dt.UTC),
+    )
+    parsed = email.message_from_bytes(report, policy=email.policy.default)
+    parts = [p.get_content_type() for p in parsed.walk()]
+    assert parts[:3] == ["multipart/report", "text/plain", "message/delivery-status"]
+    assert returned_type in parts
+    assert b"Subject: test" in report
+    assert (body.encode() in report) == (returned_type == "message/rfc822")

@@ -524,3 +524,32 @@ async def test_disk_full_fails_the_group_and_the_writer_carries_on(tmp_path: Pat
             assert await store.read_message(inbox_id, uid) is not None
     finally:
         await store.close()
+
+
+async def test_group_commit_max_splits_groups(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, group_commit_max=2)
+    try:
+        await store.add_domain("example.test")
+        inbox_id = await inbox(store, await make_user(store))
+        await asyncio.gather(
+            *(store.append(message(n), [AppendTarget(inbox_id)]) for n in range(9))
+        )
+        assert list(await store.uids(inbox_id)) == list(range(1, 10))
+    finally:
+        await store.close()
+
+
+async def test_inline_max_decides_database_or_blob_file(tmp_path: Path) -> None:
+    store = await open_store(tmp_path, inline_max=100)
+    try:
+        await store.add_domain("example.test")
+        inbox_id = await inbox(store, await make_user(store))
+        small, large = b"Subject: s\r\n\r\nhi\r\n", message(1, "y" * 500)
+        await store.append(small, [AppendTarget(inbox_id)])
+        await store.append(large, [AppendTarget(inbox_id)])
+        assert await store.read_message(inbox_id, 1) == small
+        assert await store.read_message(inbox_id, 2) == large
+        files = [p for p in (tmp_path / "store" / "blobs").rglob("*") if len(p.name) == 64]
+        assert [p.read_bytes() for p in files] == [large]
+    finally:
+        await store.close()

@@ -431,6 +431,13 @@ class LimitsConfig:
             "Longest IMAP/POP3/ManageSieve command line, in bytes.", _int(512, 1 << 20)
         ),
     )
+    bad_commands: int = field(
+        default=20,
+        metadata=_about(
+            "Malformed or refused IMAP/POP3 commands in a row before the server hangs up.",
+            _int(1, 10**6),
+        ),
+    )
     message_size: int = field(
         default=50 << 20,
         metadata=_about("Largest message accepted (SMTP SIZE, IMAP APPEND).", _size, _render_size),

@@ -50,6 +50,17 @@ class Connection:
         return self.writer.get_extra_info("ssl_object") is not None
 
 
+def discard_buffered(reader: asyncio.StreamReader) -> None:
+    """Drop what the StreamReader has buffered but not yet handed out (before STARTTLS).
+
+    asyncio offers no public way to do this; without it, cleartext that arrived just before
+    the TLS handshake would be read as the first input after it (CVE-2011-0411).
+    """
+    buffered = getattr(reader, "_buffer", None)
+    if isinstance(buffered, bytearray):
+        buffered.clear()
+
+
 class SessionHandler(Protocol):
     """A protocol front-end: one instance per listener, one `handle` call per connection."""
 

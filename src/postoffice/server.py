@@ -22,6 +22,7 @@ from typing import Any
 
 from postoffice.config import Config
 from postoffice.context import open_context, server_tls_context
+from postoffice.imap.handler import IMAP_LISTENERS, imap_handler
 from postoffice.listeners import BoundListener, ListenerGroup, ProtocolRegistry, bind
 from postoffice.log import BoundLogger, get_logger
 from postoffice.smtp import SMTP_LISTENERS, smtp_handler
@@ -38,6 +39,8 @@ def default_registry() -> ProtocolRegistry:
     registry = ProtocolRegistry()
     for name in SMTP_LISTENERS:
         registry.register(name, smtp_handler)
+    for name in IMAP_LISTENERS:
+        registry.register(name, imap_handler)
     return registry
 
 

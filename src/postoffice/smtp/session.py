@@ -34,7 +34,7 @@ from postoffice.auth.sasl import mechanisms_offered
 from postoffice.config import Network
 from postoffice.context import Clock
 from postoffice.delivery.model import Envelope, Origin, Recipient, Verdict
-from postoffice.listeners import Connection
+from postoffice.listeners import Connection, discard_buffered
 from postoffice.smtp import replies as r
 from postoffice.smtp.data import ChunkCollector, DataReader, Received
 from postoffice.smtp.parser import (
@@ -641,7 +641,7 @@ class SmtpSession:
         # RFC 3207 §4.2 / CVE-2011-0411: input pipelined after STARTTLS came in cleartext
         # and must not be executed as if it had arrived over TLS.
         self._buf.clear()
-        _discard_buffered(self.conn.reader)
+        discard_buffered(self.conn.reader)
         await self.conn.writer.start_tls(
             self.tls, ssl_handshake_timeout=self.policy.tls_handshake_seconds
         )
@@ -694,14 +694,3 @@ class SmtpSession:
     def _transaction(self) -> Transaction:
         assert isinstance(self.state, Transaction)  # the command table guarantees it
         return self.state
-
-
-def _discard_buffered(reader: asyncio.StreamReader) -> None:
-    """Drop what the StreamReader has buffered but not yet handed out.
-
-    asyncio offers no public way to do this; without it, cleartext that arrived just before
-    the TLS handshake would be read as the first input after it.
-    """
-    buffered = getattr(reader, "_buffer", None)
-    if isinstance(buffered, bytearray):
-        buffered.clear()

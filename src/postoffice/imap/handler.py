@@ -1,0 +1,68 @@
+"""The listener-layer entry point for `imap` and `imaps`.
+
+One `ImapHandler` per listener builds the `ImapPolicy` once; each connection gets its own
+`ImapSession`.  The handler also keeps the live sessions, so that one task (not one per
+session) ends every idle wait when the server begins to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+from postoffice.config import ListenerConfig, UnixAddress
+from postoffice.context import Context
+from postoffice.imap.session import ImapPolicy, ImapSession
+from postoffice.listeners import Connection
+
+IMAP_LISTENERS = ("imap", "imaps")
+
+
+def build_policy(ctx: Context, listener: ListenerConfig) -> ImapPolicy:
+    config = ctx.config
+    limits = config.limits
+    return ImapPolicy(
+        listener=listener.name,
+        hostname=config.server.hostname,
+        starttls=not listener.implicit_tls and not isinstance(listener.address, UnixAddress),
+        line_max=limits.command_line_length,
+        literal_max=limits.literal_size,
+        append_max=limits.message_size,
+        idle_seconds=limits.imap_idle_seconds,
+        tls_handshake_seconds=limits.tls_handshake_seconds,
+        plaintext_networks=config.auth.plaintext_networks,
+        bad_commands=limits.bad_commands,
+    )
+
+
+class ImapHandler:
+    """A `listeners.SessionHandler` speaking IMAP."""
+
+    def __init__(self, ctx: Context, listener: ListenerConfig) -> None:
+        self.ctx = ctx
+        self.policy = build_policy(ctx, listener)
+        self.sessions: weakref.WeakSet[ImapSession] = weakref.WeakSet()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def handle(self, conn: Connection) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._wake_on_stop(conn.stopping))
+        session = ImapSession(
+            conn, self.policy, self.ctx.store, self.ctx.authenticator, self.ctx.tls
+        )
+        self.sessions.add(session)
+        await session.run()
+
+    async def _wake_on_stop(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        for session in list(self.sessions):
+            session.wake()
+
+    def refusal(self, reason: str) -> bytes:
+        # RFC 9051 §7.1.5: BYE, then the server closes.
+        return f"* BYE {reason}\r\n".encode()
+
+
+def imap_handler(ctx: Context, listener: ListenerConfig) -> ImapHandler:
+    """The `HandlerFactory` registered for `imap` and `imaps`."""
+    return ImapHandler(ctx, listener)

@@ -771,8 +771,9 @@ def test_group_fields() -> None:
     )
     assert parsed.cc_addr == "Undisclosed recipients:;"
     assert parsed.bcc_addr == "Pete <pete@silly.test>"
-    assert (parsed.sort_to, parsed.sort_cc) == ("c", "")
-    assert parsed.display_to == "Ed Jones"
+    # RFC 5256 §3 read on the ENVELOPE, as Dovecot does: a group sorts by its name.
+    assert (parsed.sort_to, parsed.sort_cc) == ("a group", "undisclosed recipients")
+    assert parsed.display_to == "A Group"  # a group displays as its name
     assert parsed.display_from == "Joe Q. Public"
 
 

@@ -613,18 +613,24 @@ def _readable_addresses(items: list[_Address]) -> str:
     return "".join(out)
 
 
-def _first_mailbox(items: list[_Address]) -> _Mailbox | None:
-    return next((i for i in items if isinstance(i, _Mailbox)), None)
+def _first_address(items: list[_Address]) -> _Address | None:
+    # A group's start counts as its first address: its name is what the ENVELOPE's first
+    # (group-start) entry carries as addr-mailbox, and what Dovecot sorts by.
+    return next((i for i in items if i != _GROUP_END), None)
 
 
 def _sort_key(items: list[_Address]) -> str:
-    first = _first_mailbox(items)
+    first = _first_address(items)
     # RFC 5256 §3: the addr-mailbox of the first address
+    if isinstance(first, _Group):
+        return _latin1_text(first.name or "").lower()
     return "" if first is None else _latin1_text(first.local).lower()
 
 
 def _display_key(items: list[_Address]) -> str:
-    first = _first_mailbox(items)
+    first = _first_address(items)
+    if isinstance(first, _Group):
+        return _decode_words(_latin1_text(first.name or "")).strip()
     if first is None:
         return ""
     # RFC 5957 §3: the display-name, else the addr-spec

@@ -253,3 +253,23 @@ class CopyResult:
 
 
 FETCH_BASIC = FetchWhat()  # uid, modseq, flags, dates and sizes only
+
+
+@dataclass(frozen=True, slots=True)
+class SortFields:
+    """What SORT (RFC 5256 §3, RFC 5957) and THREAD (RFC 5256 §2) read of one message."""
+
+    uid: int
+    internaldate: dt.datetime
+    sent_date: dt.datetime | None  # Date: header in UTC; None when absent or unparsable
+    size: int
+    subject: str  # decoded; THREAD=REFERENCES tells replies from it
+    base_subject: str  # RFC 5256 §2.1
+    sort_from: str  # RFC 5256 §3: addr-mailbox of the first address
+    sort_to: str
+    sort_cc: str
+    display_from: str  # RFC 5957
+    display_to: str
+    message_id: str  # "<...>", "" when none
+    in_reply_to: str  # first msg-id of In-Reply-To, "" when none
+    references: tuple[str, ...]

@@ -52,6 +52,7 @@ from postoffice.store.model import (
     MailboxStatus,
     NotFound,
     QuotaExceeded,
+    SortFields,
     SpecialUse,
     StoreError,
     StoreMode,
@@ -1122,6 +1123,51 @@ class SqliteStore:
                     (mailbox_id, *compiled.params),
                 )
             ]
+
+        return await self.db.read(op)
+
+    async def sort_fields(self, mailbox_id: int, uids: UidSet) -> list[SortFields]:
+        """The SORT / THREAD keys of the messages of `uids` that exist, in uid order."""
+
+        def fields_of(row: Row) -> SortFields:
+            sent = row[4]
+            return SortFields(
+                uid=int(row[0]),
+                internaldate=dt.datetime.fromtimestamp(
+                    int(row[1]), dt.timezone(dt.timedelta(minutes=int(row[2])))
+                ),
+                # only the instant is stored, which is all SORT and THREAD compare
+                sent_date=None if sent is None else dt.datetime.fromtimestamp(int(sent), dt.UTC),
+                size=int(row[3]),
+                subject=row[5],
+                base_subject=row[6],
+                sort_from=row[7],
+                sort_to=row[8],
+                sort_cc=row[9],
+                display_from=row[10],
+                display_to=row[11],
+                message_id=row[12],
+                in_reply_to=row[13],
+                references=tuple(row[14].split()),
+            )
+
+        def op(conn: sqlite3.Connection) -> list[SortFields]:
+            fields: list[SortFields] = []
+            for lo, hi in _uid_ranges_sql(uids):
+                fields.extend(
+                    fields_of(row)
+                    for row in conn.execute(
+                        "SELECT e.uid, e.internaldate, e.tz_offset, e.size, m.sent_date, "
+                        "m.subject, m.base_subject, m.sort_from, m.sort_to, m.sort_cc, "
+                        "m.display_from, m.display_to, m.message_id, m.in_reply_to, m.refs "
+                        "FROM entries e JOIN messages m ON m.id = e.message_id "
+                        "WHERE e.mailbox_id = ? AND e.uid BETWEEN ? AND ? ORDER BY e.uid",
+                        (mailbox_id, lo, hi),
+                    )
+                )
+            if len(uids.ranges) > _MAX_RANGE_QUERIES:
+                fields = [f for f in fields if f.uid in uids]
+            return fields
 
         return await self.db.read(op)
 

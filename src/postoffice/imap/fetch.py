@@ -101,9 +101,7 @@ def render(
             case FetchBinarySize(part=path):
                 size = _binary_size(raw, root, entry, path)
                 spec = ".".join(map(str, path)).encode()
-                parts.append(
-                    b"BINARY.SIZE[%b] %b" % (spec, b"NIL" if size is None else b"%d" % size)
-                )
+                parts.append(b"BINARY.SIZE[%b] %d" % (spec, size or 0))
             case _:
                 pass
     return b"* %d FETCH (%b)\r\n" % (seq, b" ".join(parts))
@@ -112,8 +110,13 @@ def render(
 def _data(raw: bytes | None, root: Part | None, entry: Entry, section: Section) -> bytes:
     if raw is None or root is None:
         return b"NIL"
-    data = sections.section_data(raw, root, entry.prefix_len, section)
-    return b"NIL" if data is None else w.literal(data)
+    return _body_literal(sections.section_data(raw, root, entry.prefix_len, section))
+
+
+def _body_literal(data: bytes | None) -> bytes:
+    # A part that does not exist reads as empty, as in Dovecot (imap-msgpart.c); NUL cannot
+    # travel in a plain literal (RFC 9051 §4.3), so it becomes 0x80 as Dovecot does.
+    return w.literal((data or b"").replace(b"\x00", b"\x80"))
 
 
 def _section_item(item: FetchSection, raw: bytes | None, root: Part | None, entry: Entry) -> bytes:
@@ -130,12 +133,10 @@ def _section_item(item: FetchSection, raw: bytes | None, root: Part | None, entr
             raise UnknownCte from None
     else:
         data = sections.section_data(raw, root, entry.prefix_len, item.section)
-    if data is None:
-        return head + b"NIL"
-    data = sections.apply_partial(data, item.partial)
+    data = sections.apply_partial(data or b"", item.partial)
     if item.binary and b"\x00" in data:
         return head + b"~{%d}\r\n%b" % (len(data), data)  # RFC 3516 literal8
-    return head + w.literal(data)
+    return head + _body_literal(data)
 
 
 def _binary_size(

@@ -200,7 +200,8 @@ class ImapSession:
             max_line=self.policy.line_max,
             max_literal=self.policy.literal_max,
             max_append=self.policy.append_max,
-            utf8=self.utf8,
+            # RFC 9051 §4.3 and RFC 6855 §3: UTF-8 in quoted strings once either is enabled.
+            utf8=self.utf8 or self.options.rev2,
         )
 
     @property
@@ -338,8 +339,11 @@ class ImapSession:
         self._out.append(data)
         self._out_size += len(data)
 
-    def _ok(self, tag: str, text: str, code: str | None = None) -> None:
-        self._updates(allow_expunge=True)
+    def _ok(
+        self, tag: str, text: str, code: str | None = None, *, allow_expunge: bool = True
+    ) -> None:
+        # RFC 9051 §7.5.1: no EXPUNGE in the response to FETCH, STORE or SEARCH by number.
+        self._updates(allow_expunge=allow_expunge)
         self._tagged(tag, "OK", text, code)
 
     def _tagged(self, tag: str, status: str, text: str, code: str | None) -> None:
@@ -470,7 +474,11 @@ class ImapSession:
             self._refuse(e.tag, No(e.message, "TOOBIG"))
         except ParseError as e:
             assembler.reset()
-            self._refuse(e.tag, Bad(e.message, e.code))
+            if e.code == "BADCHARSET":
+                # RFC 9051 §6.4.4: an unsupported charset is a NO naming the ones we have.
+                self._refuse(e.tag, No(e.message, "BADCHARSET (US-ASCII UTF-8)"))
+            else:
+                self._refuse(e.tag, Bad(e.message, e.code))
         return None
 
     # -- facts about the connection ------------------------------------------------------------
@@ -654,6 +662,7 @@ class ImapSession:
                 self.options.qresync = self.options.condstore = True
             elif name == "IMAP4REV2":
                 self.options.rev2 = True
+                self._assembler = self._new_assembler()
             elif name == "UTF8=ACCEPT":
                 self.utf8 = True
                 self._assembler = self._new_assembler()
@@ -1006,7 +1015,7 @@ class ImapSession:
             if gone:
                 self._send(b"* VANISHED (EARLIER) " + w.sequence_set(gone) + b"\r\n")
         if not uids:
-            self._ok(cmd.tag, "Fetch completed")
+            self._ok(cmd.tag, "Fetch completed", allow_expunge=cmd.uid)
             return
         entries = await self.store.fetch(mailbox_id, UidSet.of(uids), plan.what)
         if cmd.changed_since is not None:
@@ -1034,7 +1043,7 @@ class ImapSession:
             except f.UnknownCte:
                 raise No("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
             await self._flush_if_large()
-        self._ok(cmd.tag, "Fetch completed")
+        self._ok(cmd.tag, "Fetch completed", allow_expunge=cmd.uid)
 
     async def _mark_seen(self, selected: SelectedMailbox, entries: list[Entry]) -> list[Entry]:
         """Set \\Seen on the messages a non-peek fetch reads (RFC 9051 §6.4.5); the entries
@@ -1090,8 +1099,7 @@ class ImapSession:
             failed = result.failed_unchanged_since
             numbers = failed if cmd.uid else [selected.seq_of(u) for u in failed]
             code = "MODIFIED " + w.sequence_set(numbers).decode()
-        self._updates(allow_expunge=cmd.uid)
-        self._tagged(cmd.tag, "OK", "Store completed", code)
+        self._ok(cmd.tag, "Store completed", code, allow_expunge=cmd.uid)
 
     async def cmd_copy(self, cmd: c.Copy) -> None:
         selected = self._writable() if cmd.move else self._sel()
@@ -1126,8 +1134,7 @@ class ImapSession:
             if modseq is not None and numbers:
                 line += b" (MODSEQ %d)" % modseq
             self._send(line + b"\r\n")
-        self._updates(allow_expunge=cmd.uid)
-        self._tagged(cmd.tag, "OK", "Search completed", None)
+        self._ok(cmd.tag, "Search completed", allow_expunge=cmd.uid)
 
     async def _search(
         self, selected: SelectedMailbox, key: c.SearchKey, uid: bool
@@ -1217,8 +1224,7 @@ class ImapSession:
         else:
             numbers = ordered if cmd.uid else [selected.seq_of(u) for u in ordered]
             self._send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
-        self._updates(allow_expunge=cmd.uid)
-        self._tagged(cmd.tag, "OK", "Sort completed", None)
+        self._ok(cmd.tag, "Sort completed", allow_expunge=cmd.uid)
 
     async def cmd_thread(self, cmd: c.Thread) -> None:
         selected = self._sel()
@@ -1230,8 +1236,7 @@ class ImapSession:
             threads = threading_.thread_references(fields)
         number = (lambda u: u) if cmd.uid else selected.seq_of
         self._send(b"* THREAD " + threading_.render_threads(threads, number) + b"\r\n")
-        self._updates(allow_expunge=cmd.uid)
-        self._tagged(cmd.tag, "OK", "Thread completed", None)
+        self._ok(cmd.tag, "Thread completed", allow_expunge=cmd.uid)
 
 
 # -- helpers -----------------------------------------------------------------------------------

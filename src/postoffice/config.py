@@ -426,7 +426,7 @@ class LimitsConfig:
         metadata=_about("Open connections per process from one client IP.", _int(1, 10**7)),
     )
     command_line_length: int = field(
-        default=8192,
+        default=65536,
         metadata=_about(
             "Longest IMAP/POP3/ManageSieve command line, in bytes.", _int(512, 1 << 20)
         ),

@@ -22,7 +22,7 @@ from typing import Any
 
 from postoffice.config import Config
 from postoffice.context import open_context, server_tls_context
-from postoffice.imap.handler import IMAP_LISTENERS, imap_handler
+from postoffice.imap.handler import IMAP_LISTENERS, imap_handlers
 from postoffice.listeners import BoundListener, ListenerGroup, ProtocolRegistry, bind
 from postoffice.log import BoundLogger, get_logger
 from postoffice.smtp import SMTP_LISTENERS, smtp_handler
@@ -39,8 +39,9 @@ def default_registry() -> ProtocolRegistry:
     registry = ProtocolRegistry()
     for name in SMTP_LISTENERS:
         registry.register(name, smtp_handler)
+    imap = imap_handlers()
     for name in IMAP_LISTENERS:
-        registry.register(name, imap_handler)
+        registry.register(name, imap)
     return registry
 
 

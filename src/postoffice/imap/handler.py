@@ -8,12 +8,14 @@ session) ends every idle wait when the server begins to stop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 
 from postoffice.config import ListenerConfig, UnixAddress
 from postoffice.context import Context
+from postoffice.imap.selected import RecentClaims
 from postoffice.imap.session import ImapPolicy, ImapSession
-from postoffice.listeners import Connection
+from postoffice.listeners import Connection, HandlerFactory
 
 IMAP_LISTENERS = ("imap", "imaps")
 
@@ -38,8 +40,9 @@ def build_policy(ctx: Context, listener: ListenerConfig) -> ImapPolicy:
 class ImapHandler:
     """A `listeners.SessionHandler` speaking IMAP."""
 
-    def __init__(self, ctx: Context, listener: ListenerConfig) -> None:
+    def __init__(self, ctx: Context, listener: ListenerConfig, recent_claims: RecentClaims) -> None:
         self.ctx = ctx
+        self.recent_claims = recent_claims
         self.policy = build_policy(ctx, listener)
         self.sessions: weakref.WeakSet[ImapSession] = weakref.WeakSet()
         self._watcher: asyncio.Task[None] | None = None
@@ -48,7 +51,12 @@ class ImapHandler:
         if self._watcher is None:
             self._watcher = asyncio.ensure_future(self._wake_on_stop(conn.stopping))
         session = ImapSession(
-            conn, self.policy, self.ctx.store, self.ctx.authenticator, self.ctx.tls
+            conn,
+            self.policy,
+            self.ctx.store,
+            self.ctx.authenticator,
+            self.ctx.tls,
+            self.recent_claims,
         )
         self.sessions.add(session)
         await session.run()
@@ -63,6 +71,7 @@ class ImapHandler:
         return f"* BYE {reason}\r\n".encode()
 
 
-def imap_handler(ctx: Context, listener: ListenerConfig) -> ImapHandler:
-    """The `HandlerFactory` registered for `imap` and `imaps`."""
-    return ImapHandler(ctx, listener)
+def imap_handlers() -> HandlerFactory:
+    """The `HandlerFactory` to register for both `imap` and `imaps`: their sessions share
+    one process's \\Recent claims."""
+    return functools.partial(ImapHandler, recent_claims=RecentClaims())

@@ -19,6 +19,29 @@ from postoffice.store.events import Event, Expunged, FlagsChanged, MessagesAdded
 from postoffice.store.model import Flag, Mailbox
 
 
+class RecentClaims:
+    """Which new messages some session of this process has already been told are \\Recent.
+
+    RFC 3501 §2.3.2: a message is recent in exactly one session.  The store keeps the mark
+    each SELECT claims up to; arrivals while sessions have the mailbox selected are shared
+    out here, first come first served, without a write per message.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, int] = {}
+
+    def floor(self, mailbox_id: int, stored: int) -> int:
+        """UIDs above this are still unclaimed, given the store's mark."""
+        return max(stored, self._last.get(mailbox_id, 0))
+
+    def claim(self, mailbox_id: int, uids: Iterable[int]) -> set[int]:
+        last = self._last.get(mailbox_id, 0)
+        fresh = {uid for uid in uids if uid > last}
+        if fresh:
+            self._last[mailbox_id] = max(fresh)
+        return fresh
+
+
 class BadSet(Exception):
     """A sequence number beyond the mailbox (RFC 9051 §6.4.4: a BAD)."""
 
@@ -39,6 +62,7 @@ class SelectedMailbox:
     uids: array[int]  # sequence number n is uids[n - 1]
     subscription: Subscription
     highestmodseq: int
+    claims: RecentClaims | None  # None when read-only: EXAMINE claims nothing
     recent: set[int] = field(default_factory=set)  # rev1 \Recent: arrived while selected
     saved: list[int] = field(default_factory=list)  # RFC 5182 "$", as UIDs
     expunged: set[int] = field(default_factory=set)  # known expunged, not yet announced
@@ -58,8 +82,9 @@ class SelectedMailbox:
         index = bisect.bisect_left(self.uids, uid)
         return index + 1 if index < len(self.uids) and self.uids[index] == uid else 0
 
-    def resolve(self, seqset: SeqSet, uid: bool) -> list[int]:
-        """The UIDs in view that a set names, ascending."""
+    def resolve(self, seqset: SeqSet, uid: bool, strict: bool = True) -> list[int]:
+        """The UIDs in view that a set names, ascending; `strict`: a sequence number past
+        the end is a BadSet, else it names nothing."""
         uids = self.uids
         if seqset.saved:
             return [u for u in self.saved if self.seq_of(u)]
@@ -80,7 +105,9 @@ class SelectedMailbox:
                 if lo > hi:
                     lo, hi = hi, lo
                 if hi > count or lo < 1:
-                    raise BadSet("Invalid message sequence number")
+                    if strict:
+                        raise BadSet("Invalid message sequence number")
+                    hi = min(hi, count)
                 picked.update(uids[lo - 1 : hi])
         return sorted(picked)
 
@@ -94,7 +121,8 @@ class SelectedMailbox:
                     last = self.uids[-1] if self.uids else 0
                     fresh = [u for u in added if u > last]
                     self.uids.extend(fresh)
-                    self.recent.update(fresh)
+                    if self.claims is not None:
+                        self.recent |= self.claims.claim(self.mailbox.id, fresh)
                     self.highestmodseq = max(self.highestmodseq, modseq)
                 case Expunged(uids=gone, highestmodseq=modseq):
                     self.expunged.update(u for u in gone if self.seq_of(u))
@@ -159,5 +187,6 @@ class SelectedMailbox:
             out = [b"* %d EXPUNGE\r\n" % seq for seq in seqs]
         self.uids = array("I", (u for u in self.uids if u not in gone))
         self.recent -= gone
-        self.announced_exists = len(self.uids)
+        # Arrivals not yet announced stay unannounced: EXISTS still has to tell of them.
+        self.announced_exists = max(0, self.announced_exists - len(gone))
         return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import ipaddress
 import ssl
@@ -45,10 +46,11 @@ from postoffice.imap import sort as sorting
 from postoffice.imap import thread as threading_
 from postoffice.imap import utf7
 from postoffice.imap.parser import CommandAssembler, LiteralTooLarge, ParseError
-from postoffice.imap.selected import BadSet, Options, SelectedMailbox
+from postoffice.imap.selected import BadSet, Options, RecentClaims, SelectedMailbox
 from postoffice.listeners import Connection, discard_buffered
 from postoffice.store import search as s
 from postoffice.store.api import Store
+from postoffice.store.events import Expunged, FlagsChanged, MessagesAdded
 from postoffice.store.model import (
     FLAG_NAMES,
     AlreadyExists,
@@ -175,8 +177,10 @@ class ImapSession:
         store: Store,
         authenticator: Authenticator,
         tls: ssl.SSLContext,
+        recent_claims: RecentClaims,
     ) -> None:
         self.conn = conn
+        self.recent_claims = recent_claims
         self.policy = policy
         self.store = store
         self.authenticator = authenticator
@@ -546,7 +550,41 @@ class ImapSession:
         self._ok(cmd.tag, "Capability completed")
 
     async def cmd_noop(self, cmd: c.Noop | c.Check) -> None:
+        await self._catch_up()
         self._ok(cmd.tag, f"{_name(cmd)} completed")
+
+    async def _catch_up(self) -> None:
+        """Compare the selected mailbox with the store and queue what the bus did not tell.
+
+        The event bus is per process: with `--workers N` another worker's commits reach
+        this session only through this check, which NOOP, CHECK and IDLE make (the polls
+        clients already send).  In one process it finds nothing the bus has not queued.
+        """
+        selected = self.selected
+        if selected is None:
+            return
+        mailbox = await self.store.get_mailbox(self._account_id(), selected.mailbox.name)
+        if mailbox is None or mailbox.id != selected.mailbox.id:
+            return
+        if mailbox.highestmodseq <= selected.highestmodseq:
+            return
+        since = selected.highestmodseq
+        known = set(selected.uids)
+        current = await self.store.uids(mailbox.id)
+        changed = [e for e in await self.store.changed_since(mailbox.id, since) if e.uid in known]
+        selected.subscription.queue.put_nowait(
+            Expunged(mailbox.id, tuple(known - set(current)), mailbox.highestmodseq)
+        )
+        selected.subscription.queue.put_nowait(
+            MessagesAdded(mailbox.id, tuple(current), mailbox.highestmodseq)
+        )
+        selected.subscription.queue.put_nowait(
+            FlagsChanged(
+                mailbox.id,
+                tuple((e.uid, e.modseq, e.flags, e.keywords) for e in changed),
+                mailbox.highestmodseq,
+            )
+        )
 
     async def cmd_logout(self, cmd: c.Logout) -> None:
         self._send(b"* BYE Logging out\r\n")
@@ -641,6 +679,14 @@ class ImapSession:
         except ValueError:
             raise No("Mailbox name is not valid modified UTF-7", "CANNOT") from None
 
+    def _pattern_in(self, raw: str) -> str:
+        """A LIST reference or pattern: one that is not valid modified UTF-7 can still
+        match, literally (RFC 9051 §6.3.9 asks for no error)."""
+        try:
+            return self._name_in(raw)
+        except No:
+            return raw
+
     def _name_out(self, name: str) -> bytes:
         return w.mailbox(name, self.utf8)
 
@@ -678,23 +724,30 @@ class ImapSession:
         if cmd.qresync is not None and not self.options.qresync:
             raise Bad("QRESYNC must be enabled first", "CLIENTBUG")
         if cmd.condstore:
-            self.options.condstore = True
+            self.options.condstore = True  # SELECT reports HIGHESTMODSEQ itself
         mailbox = await self._mailbox(cmd.mailbox)
         subscription = self.store.events.subscribe(self._account_id(), mailbox.id)
         try:
             uids = array("I", await self.store.uids(mailbox.id))
             status = await self.store.status(mailbox.id)
+            recent_above = await self.store.claim_recent(mailbox.id, claim=not cmd.readonly)
         except BaseException:
             subscription.close()
             raise
         mailbox = status.mailbox
-        selected = SelectedMailbox(mailbox, cmd.readonly, uids, subscription, mailbox.highestmodseq)
+        claims = None if cmd.readonly else self.recent_claims
+        selected = SelectedMailbox(
+            mailbox, cmd.readonly, uids, subscription, mailbox.highestmodseq, claims
+        )
         self.selected = selected
+        above = self.recent_claims.floor(mailbox.id, recent_above)
+        unclaimed = uids[bisect.bisect_right(uids, above) :]
+        selected.recent = set(unclaimed) if claims is None else claims.claim(mailbox.id, unclaimed)
         selected.absorb(subscription.pending())
         selected.announced_exists = len(selected.uids)
         self._send(b"* %d EXISTS\r\n" % len(selected.uids))
         if not self.options.rev2:
-            self._send(b"* 0 RECENT\r\n")
+            self._send(b"* %d RECENT\r\n" % len(selected.recent))
         self._send(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n")
         permanent = b"" if cmd.readonly else b"\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*"
         self._send(b"* OK [PERMANENTFLAGS (%b)] Flags permitted\r\n" % permanent)
@@ -736,6 +789,16 @@ class ImapSession:
                     seq, entry.uid, entry.modseq, entry.flags, entry.keywords, self.options, True
                 )
             )
+
+    def _enable_condstore(self) -> None:
+        """RFC 7162 §3.1: a CONDSTORE-enabling command turns it on for the session; with a
+        mailbox selected, the client learns its HIGHESTMODSEQ right then."""
+        if self.options.condstore:
+            return
+        self.options.condstore = True
+        if self.selected is not None:
+            modseq = self.selected.highestmodseq
+            self._send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % modseq)
 
     def _deselect(self) -> None:
         if self.selected is not None:
@@ -780,8 +843,8 @@ class ImapSession:
         self._ok(cmd.tag, "Namespace completed")
 
     async def cmd_list(self, cmd: c.ListMailboxes) -> None:
-        reference = self._name_in(cmd.reference)
-        patterns = [self._name_in(p) for p in cmd.patterns]
+        reference = self._pattern_in(cmd.reference)
+        patterns = [self._pattern_in(p) for p in cmd.patterns]
         kind = b"LSUB" if cmd.lsub else b"LIST"
         if not cmd.lsub and patterns == [""]:
             # RFC 9051 §6.3.9: the hierarchy delimiter and the root of the reference.
@@ -796,12 +859,11 @@ class ImapSession:
         returns = cmd.return_options | (
             {"SUBSCRIBED"} if "SUBSCRIBED" in select or cmd.lsub else set()
         )
-        names = _listed_names(boxes, subscribed, reference, patterns, cmd, select)
-        for name in names:
-            attrs = self._list_attributes(name, boxes, subscribed, cmd, returns, select)
-            extra = b""
-            if "RECURSIVEMATCH" in select and "SUBSCRIBED" in select and name not in subscribed:
-                extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
+        listed = _listed_names(boxes, subscribed, reference, patterns, cmd)
+        for name, childinfo in listed:
+            attrs = _list_attributes(name, boxes, subscribed, cmd, returns)
+            # RFC 5258 §3.5: a parent listed only for its subscribed children says so.
+            extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if childinfo else b""
             self._send(
                 b'* %b (%b) "/" %b%b\r\n'
                 % (kind, " ".join(attrs).encode(), self._name_out(name), extra)
@@ -810,31 +872,6 @@ class ImapSession:
             if cmd.return_status is not None and mailbox is not None:
                 self._send(await self._status_line(mailbox, cmd.return_status))
         self._ok(cmd.tag, f"{kind.decode().capitalize()} completed")
-
-    def _list_attributes(
-        self,
-        name: str,
-        boxes: dict[str, Mailbox],
-        subscribed: set[str],
-        cmd: c.ListMailboxes,
-        returns: frozenset[str] | set[str],
-        select: frozenset[str],
-    ) -> list[str]:
-        mailbox = boxes.get(name)
-        attrs: list[str] = []
-        if mailbox is None:
-            attrs.append(
-                "\\NonExistent" if cmd.extended or (cmd.lsub is False and select) else "\\Noselect"
-            )
-        prefix = name + "/"
-        has_children = any(other.startswith(prefix) for other in boxes)
-        if not cmd.lsub:
-            attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
-        if "SUBSCRIBED" in returns and name in subscribed and not cmd.lsub:
-            attrs.append("\\Subscribed")
-        if mailbox is not None and mailbox.special_use is not None and not cmd.lsub:
-            attrs.append(mailbox.special_use.value)
-        return attrs
 
     async def cmd_status(self, cmd: c.Status) -> None:
         mailbox = await self._mailbox(cmd.mailbox)
@@ -847,6 +884,12 @@ class ImapSession:
     async def _status_line(self, mailbox: Mailbox, items: Sequence[str]) -> bytes:
         status = await self.store.status(mailbox.id)
         mailbox = status.mailbox
+        recent = 0
+        if "RECENT" in items:
+            stored = await self.store.claim_recent(mailbox.id, claim=False)
+            above = self.recent_claims.floor(mailbox.id, stored)
+            uids = await self.store.uids(mailbox.id)
+            recent = len(uids) - bisect.bisect_right(uids, above)
         values = {
             "MESSAGES": status.messages,
             "UIDNEXT": mailbox.uidnext,
@@ -854,12 +897,12 @@ class ImapSession:
             "UNSEEN": status.unseen,
             "DELETED": status.deleted,
             "SIZE": status.size,
-            "RECENT": 0,
+            "RECENT": recent,
             "HIGHESTMODSEQ": mailbox.highestmodseq,
             "APPENDLIMIT": self.policy.append_max,
         }
-        if items and "HIGHESTMODSEQ" in items:
-            self.options.condstore = True
+        if "HIGHESTMODSEQ" in items:
+            self._enable_condstore()
         body = " ".join(f"{item} {values[item]}" for item in items if item in values)
         return b"* STATUS %b (%b)\r\n" % (self._name_out(mailbox.name), body.encode())
 
@@ -896,6 +939,7 @@ class ImapSession:
         await self.store.expunge(mailbox_id, uid_set)
 
     async def cmd_idle(self, cmd: c.Idle) -> None:
+        await self._catch_up()
         self._send(b"+ idling\r\n")
         self._updates(allow_expunge=True)
         selected = self.selected
@@ -1002,8 +1046,9 @@ class ImapSession:
         selected = self._sel()
         if cmd.vanished and not (cmd.uid and self.options.qresync and cmd.changed_since):
             raise Bad("VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC", "CLIENTBUG")
-        if cmd.changed_since is not None:
-            self.options.condstore = True
+        asks_modseq = any(isinstance(i, c.FetchAttr) and i.name == "MODSEQ" for i in cmd.items)
+        if cmd.changed_since is not None or asks_modseq:
+            self._enable_condstore()
         uids = selected.resolve(cmd.set, cmd.uid)
         self._updates(allow_expunge=cmd.uid)
         plan = f.plan(cmd.items, cmd.uid, self.options.condstore)
@@ -1067,7 +1112,7 @@ class ImapSession:
         selected = self._writable()
         flags, keywords = _flags_of(cmd.flags)
         if cmd.unchanged_since is not None:
-            self.options.condstore = True
+            self._enable_condstore()
         uids = selected.resolve(cmd.set, cmd.uid)
         self._updates(allow_expunge=cmd.uid)
         result = await self.store.store_flags(
@@ -1125,38 +1170,37 @@ class ImapSession:
 
     async def cmd_search(self, cmd: c.Search) -> None:
         selected = self._sel()
-        uids, modseq = await self._search(selected, cmd.key, cmd.uid)
+        uids, modseqs = await self._search(selected, cmd.key, cmd.uid)
         if cmd.returns is not None or self.options.rev2:
-            self._esearch(cmd.tag, selected, uids, cmd.uid, cmd.returns or (), modseq)
+            self._esearch(cmd.tag, selected, uids, cmd.uid, cmd.returns or (), modseqs)
         else:
             numbers = uids if cmd.uid else [selected.seq_of(u) for u in uids]
             line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
-            if modseq is not None and numbers:
-                line += b" (MODSEQ %d)" % modseq
+            if modseqs:
+                line += b" (MODSEQ %d)" % max(modseqs.values())
             self._send(line + b"\r\n")
         self._ok(cmd.tag, "Search completed", allow_expunge=cmd.uid)
 
     async def _search(
         self, selected: SelectedMailbox, key: c.SearchKey, uid: bool
-    ) -> tuple[list[int], int | None]:
-        """Matching UIDs in view, ascending, and the highest MODSEQ among them when the
-        search used MODSEQ (RFC 7162 §3.1.5)."""
+    ) -> tuple[list[int], dict[int, int] | None]:
+        """Matching UIDs in view, ascending, and their MODSEQs when the search used MODSEQ
+        (RFC 7162 §3.1.5 reports the highest of those returned)."""
         self._updates(allow_expunge=uid)
         store_key = self._store_key(selected, key)
         found = await self.store.search(selected.mailbox.id, store_key)
         uids = [u for u in found if selected.seq_of(u)]
-        modseq = None
-        if _uses_modseq(key):
-            self.options.condstore = True
-            if uids:
-                entries = await self.store.fetch(selected.mailbox.id, UidSet.of(uids))
-                modseq = max(e.modseq for e in entries) if entries else None
-        return uids, modseq
+        if not _uses_modseq(key):
+            return uids, None
+        self._enable_condstore()
+        entries = await self.store.fetch(selected.mailbox.id, UidSet.of(uids)) if uids else []
+        return uids, {e.uid: e.modseq for e in entries}
 
     def _store_key(self, selected: SelectedMailbox, key: c.SearchKey) -> s.SearchKey:
         match key:
             case c.InSet(set=seqset, uid=uid):
-                return s.Uids(UidSet.of(selected.resolve(seqset, uid)))
+                # A number past the end matches nothing here (as in Dovecot), not a BAD.
+                return s.Uids(UidSet.of(selected.resolve(seqset, uid, strict=False)))
             case c.Recent(present=present):
                 recent = s.Uids(UidSet.of(sorted(selected.recent)))
                 return recent if present else s.Not(recent)
@@ -1176,21 +1220,24 @@ class ImapSession:
         uids: list[int],
         uid: bool,
         returns: Sequence[str],
-        modseq: int | None,
+        modseqs: dict[int, int] | None,
         ordered: bool = False,
     ) -> None:
         """RFC 4731 ESEARCH (and RFC 5267 ESORT when `ordered`), RFC 5182 SAVE."""
         numbers = uids if uid else [selected.seq_of(u) for u in uids]
         options = set(returns) or {"ALL"}
-        if "SAVE" in options:
-            picked = uids
-            if options & {"MIN", "MAX"} and uids:
-                picked = sorted(
-                    {uids[0], uids[-1]}
-                    if options >= {"MIN", "MAX"}
-                    else {uids[0] if "MIN" in options else uids[-1]}
+        # RFC 5182 §2.4 / RFC 7162 §3.1.5: SAVE and MODSEQ cover only what is returned.
+        returned = uids
+        if uids and not options & {"ALL", "COUNT"}:
+            returned = (
+                sorted(
+                    ({min(uids)} if "MIN" in options else set())
+                    | ({max(uids)} if "MAX" in options else set())
                 )
-            selected.saved = picked
+                or uids
+            )
+        if "SAVE" in options:
+            selected.saved = returned
             options.discard("SAVE")
             if not options:
                 return
@@ -1210,17 +1257,20 @@ class ImapSession:
                 items.append(b"ALL " + rendered)
         if "COUNT" in options:
             items.append(b"COUNT %d" % len(numbers))
-        if modseq is not None and numbers:
-            items.append(b"MODSEQ %d" % modseq)
+        highest = (
+            max((modseqs[u] for u in returned if u in modseqs), default=None) if modseqs else None
+        )
+        if highest is not None:
+            items.append(b"MODSEQ %d" % highest)
         self._send(b"* ESEARCH " + b" ".join(items) + b"\r\n")
 
     async def cmd_sort(self, cmd: c.Sort) -> None:
         selected = self._sel()
-        uids, modseq = await self._search(selected, cmd.key, cmd.uid)
+        uids, modseqs = await self._search(selected, cmd.key, cmd.uid)
         fields = await self.store.sort_fields(selected.mailbox.id, UidSet.of(uids)) if uids else []
         ordered = sorting.sort_uids(fields, cmd.criteria)
         if cmd.returns is not None:
-            self._esearch(cmd.tag, selected, ordered, cmd.uid, cmd.returns or (), modseq, True)
+            self._esearch(cmd.tag, selected, ordered, cmd.uid, cmd.returns or (), modseqs, True)
         else:
             numbers = ordered if cmd.uid else [selected.seq_of(u) for u in ordered]
             self._send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
@@ -1290,23 +1340,54 @@ def _listed_names(
     reference: str,
     patterns: Sequence[str],
     cmd: c.ListMailboxes,
-    select: frozenset[str],
-) -> list[str]:
-    """The names a LIST/LSUB answers with, INBOX first, each once (RFC 5258 §3)."""
+) -> list[tuple[str, bool]]:
+    """What a LIST/LSUB answers with, INBOX first, each once: (name, CHILDINFO)."""
+    select = cmd.select_options
     regexes = [compile_list_pattern(reference, pattern) for pattern in patterns]
-    universe = set(subscribed) if cmd.lsub or "SUBSCRIBED" in select else set(boxes)
+
+    def matches(name: str) -> bool:
+        return any(r.fullmatch(name) for r in regexes)
+
+    by_subscription = cmd.lsub or "SUBSCRIBED" in select
+    universe = set(subscribed) if by_subscription else set(boxes)
     if "SPECIAL-USE" in select:
         universe = {n for n in universe if n in boxes and boxes[n].special_use is not None}
-    # Parents of what exists are listed when a "%" stops at their level.
-    parents: set[str] = set()
+    matched = {n for n in universe if matches(n)}
+    listed = dict.fromkeys(matched, False)
     for name in universe:
         parts = name.split("/")
-        parents.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    matched = {n for n in universe if any(r.fullmatch(n) for r in regexes)}
-    recursive = "RECURSIVEMATCH" in select
-    for parent in parents - universe:
-        if any(r.fullmatch(parent) for r in regexes) and (
-            not cmd.extended or recursive or not select
-        ):
-            matched.add(parent)
-    return sorted(matched, key=lambda n: (not is_inbox(n), n))
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in universe or parent in listed or not matches(parent):
+                continue
+            if "RECURSIVEMATCH" in select:
+                # Only for a descendant the client will not see listed on its own.
+                if name not in matched:
+                    listed[parent] = True
+            elif cmd.lsub or not select:
+                # RFC 3501 §6.3.9: "%" stops at a level that has matching names below.
+                listed[parent] = False
+    return sorted(listed.items(), key=lambda item: (not is_inbox(item[0]), item[0]))
+
+
+def _list_attributes(
+    name: str,
+    boxes: dict[str, Mailbox],
+    subscribed: set[str],
+    cmd: c.ListMailboxes,
+    returns: frozenset[str] | set[str],
+) -> list[str]:
+    if cmd.lsub:
+        return [] if name in subscribed else ["\\Noselect"]
+    mailbox = boxes.get(name)
+    attrs: list[str] = []
+    if mailbox is None:
+        attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
+    prefix = name + "/"
+    has_children = any(other.startswith(prefix) for other in boxes)
+    attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+    if "SUBSCRIBED" in returns and name in subscribed:
+        attrs.append("\\Subscribed")
+    if mailbox is not None and mailbox.special_use is not None:
+        attrs.append(mailbox.special_use.value)
+    return attrs

@@ -109,6 +109,7 @@ class Database:
             conn.execute("PRAGMA synchronous = FULL")
             schema = resources.files("postoffice.store").joinpath("schema.sql").read_text()
             conn.executescript(schema)
+            _add_missing_columns(conn)
             conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (SCHEMA_VERSION,),
@@ -203,3 +204,15 @@ class Database:
             return op(conn)
         finally:
             conn.execute("COMMIT")
+
+
+# Columns added after a release: (table, column, definition).  CREATE TABLE IF NOT EXISTS
+# leaves an older table as it was, so each is added here when missing.
+_ADDED_COLUMNS = (("mailboxes", "recent_uid", "INTEGER NOT NULL DEFAULT 0"),)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     uidnext INTEGER NOT NULL DEFAULT 1,
     highestmodseq INTEGER NOT NULL DEFAULT 1,
     membership_modseq INTEGER NOT NULL DEFAULT 1,  -- last add or removal: keys the UID-array cache
+    recent_uid INTEGER NOT NULL DEFAULT 0,  -- IMAP \Recent: UIDs above it not yet seen by a session
     UNIQUE (account_id, name)
 );
 

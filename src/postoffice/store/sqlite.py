@@ -656,6 +656,25 @@ class SqliteStore:
 
         return await self.db.read(op)
 
+    async def claim_recent(self, mailbox_id: int, claim: bool) -> int:
+        def marks(conn: sqlite3.Connection) -> tuple[int, int]:
+            row = conn.execute(
+                "SELECT recent_uid, uidnext - 1 FROM mailboxes WHERE id = ?", (mailbox_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("mailbox no longer exists")
+            return int(row[0]), int(row[1])
+
+        def take(conn: sqlite3.Connection, emit: Emit) -> int:
+            previous, last = marks(conn)
+            conn.execute("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", (last, mailbox_id))
+            return previous
+
+        previous, last = await self.db.read(marks)
+        if not claim or previous == last:
+            return previous  # nothing new to claim: no write, no fsync
+        return await self.db.write(take)
+
     # -- messages: writes ------------------------------------------------------------------
     @staticmethod
     def _bump_modseq(conn: sqlite3.Connection, mailbox_id: int, *, membership: bool) -> int:
@@ -950,7 +969,9 @@ class SqliteStore:
             uids,
             "uid, message_id, flags, keywords, internaldate, tz_offset, size, prefix",
         )
-        if not rows or (target_id == mailbox_id and remove_source):
+        if not rows:
+            # MOVE into the same mailbox is allowed: the messages get new UIDs (as in
+            # Dovecot; RFC 6851 does not forbid it).
             return CopyResult(uidvalidity, [])
         modseq = self._bump_modseq(conn, target_id, membership=True)
         pairs: list[tuple[int, int]] = []

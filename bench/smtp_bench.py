@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from postoffice.config import LISTENER_NAMES
+
 LINE = b"All work and no play makes Jack a dull boy; the quick brown fox jumps over it.\r\n"
 
 
@@ -110,7 +112,7 @@ def start_server(data: Path) -> tuple[subprocess.Popen[str], int]:
     config = data / "postoffice.toml"
     text = config.read_text().replace("max_connections_per_ip = 50", "max_connections_per_ip = 500")
     config.write_text(text)
-    listen = [f"--listen={name}=off" for name in ("submission", "submissions", "lmtp")]
+    listen = [f"--listen={name}=off" for name in LISTENER_NAMES if name != "smtp"]
     # The log goes to a file: a pipe nobody reads would fill up and stall the server.
     log_path = data / "serve.log"
     with log_path.open("w") as log:

@@ -172,6 +172,7 @@ ECHO_SERVER = textwrap.dedent(
     from conftest import EchoHandler
     from postoffice import server
     from postoffice.config import TcpAddress, load_config
+    from postoffice.listeners import ProtocolRegistry
     from postoffice.log import configure_logging
 
     data = Path(sys.argv[1])
@@ -180,7 +181,7 @@ ECHO_SERVER = textwrap.dedent(
                                  "sieve", "http")}
         | {"imap": TcpAddress("127.0.0.1", 0), "imaps": TcpAddress("127.0.0.1", 0)}
     )
-    registry = server.default_registry()
+    registry = ProtocolRegistry()  # the echo protocol only, whatever is built for real
     registry.register("imap", EchoHandler)
     registry.register("imaps", EchoHandler)
     configure_logging("text", "info")

@@ -120,7 +120,8 @@ class SelectedMailbox:
                 case MessagesAdded(uids=added, highestmodseq=modseq):
                     last = self.uids[-1] if self.uids else 0
                     fresh = [u for u in added if u > last]
-                    self.uids.extend(fresh)
+                    if fresh:
+                        self.uids = self.uids + array("I", fresh)
                     if self.claims is not None:
                         self.recent |= self.claims.claim(self.mailbox.id, fresh)
                     self.highestmodseq = max(self.highestmodseq, modseq)

@@ -21,7 +21,6 @@ import contextlib
 import ipaddress
 import ssl
 import zlib
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -572,13 +571,11 @@ class ImapSession:
         known = set(selected.uids)
         current = await self.store.uids(mailbox.id)
         changed = [e for e in await self.store.changed_since(mailbox.id, since) if e.uid in known]
-        selected.subscription.queue.put_nowait(
+        selected.subscription.push(
             Expunged(mailbox.id, tuple(known - set(current)), mailbox.highestmodseq)
         )
-        selected.subscription.queue.put_nowait(
-            MessagesAdded(mailbox.id, tuple(current), mailbox.highestmodseq)
-        )
-        selected.subscription.queue.put_nowait(
+        selected.subscription.push(MessagesAdded(mailbox.id, tuple(current), mailbox.highestmodseq))
+        selected.subscription.push(
             FlagsChanged(
                 mailbox.id,
                 tuple((e.uid, e.modseq, e.flags, e.keywords) for e in changed),
@@ -728,7 +725,9 @@ class ImapSession:
         mailbox = await self._mailbox(cmd.mailbox)
         subscription = self.store.events.subscribe(self._account_id(), mailbox.id)
         try:
-            uids = array("I", await self.store.uids(mailbox.id))
+            # Shared with the store's cache and other sessions: the view replaces, never
+            # mutates, it (selected.py).
+            uids = await self.store.uids(mailbox.id)
             status = await self.store.status(mailbox.id)
             recent_above = await self.store.claim_recent(mailbox.id, claim=not cmd.readonly)
         except BaseException:

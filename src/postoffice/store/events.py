@@ -1,14 +1,14 @@
 """Change notifications (DESIGN §2 event bus): typed events published after commit.
 
 The in-process bus is the embedded default; a PostgreSQL LISTEN/NOTIFY or Redis bus will
-implement the same `EventBus` protocol for several processes.  Subscribers get an asyncio
-queue per subscription, so publishing never waits on a slow session.
+implement the same `EventBus` protocol for several processes.  Publishing only appends to
+each subscription's deque, so it never waits on a slow session.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,35 +64,34 @@ Event = MailboxEvent | AccountEvent
 
 
 class Subscription:
-    """Events for one mailbox (and its account's mailbox-level events), in commit order."""
+    """Events for one mailbox (and its account's mailbox-level events), in commit order.
+
+    A plain deque, not an asyncio.Queue: nobody awaits it (sessions look at `pending()` at
+    command boundaries, or are called through `notify`), and a queue costs ~3 KB per idle
+    IMAP connection.
+    """
 
     def __init__(self, bus: InProcessBus, key: tuple[int, int]) -> None:
         self._bus = bus
         self.key = key
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._events: deque[Event] = deque()
         # Called after each event is queued.  An idling IMAP session sets it to answer at
         # once from the publisher's call, so thousands of idle sessions need no task each.
         self.notify: Callable[[], None] | None = None
 
-    def pending(self) -> list[Event]:
-        """Everything published since the last call, without waiting."""
-        events: list[Event] = []
-        while not self.queue.empty():
-            events.append(self.queue.get_nowait())
-        return events
+    def push(self, event: Event) -> None:
+        self._events.append(event)
+        if self.notify is not None:
+            self.notify()
 
-    async def wait(self) -> Event:
-        return await self.queue.get()
+    def pending(self) -> list[Event]:
+        """Everything published since the last call."""
+        events = list(self._events)
+        self._events.clear()
+        return events
 
     def close(self) -> None:
         self._bus.unsubscribe(self)
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Event]:
-        while True:
-            yield await self.queue.get()
 
 
 class EventBus(Protocol):
@@ -129,6 +128,4 @@ class InProcessBus:
         else:
             targets = self._by_account.get(account_id, ())
         for sub in list(targets):
-            sub.queue.put_nowait(event)
-            if sub.notify is not None:
-                sub.notify()
+            sub.push(event)

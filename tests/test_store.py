@@ -285,6 +285,26 @@ async def test_append_and_fetch_cached_forms(store: SqliteStore) -> None:
     assert await store.read_message(inbox_id, 99) is None
 
 
+async def test_read_messages_whole_and_header_only(store: SqliteStore) -> None:
+    inbox_id = await inbox(store, await make_user(store))
+    small = message(1)
+    # Larger than inline_max: kept in a blob file, read from it.
+    large = message(2, "x" * (300 * 1024))
+    prefix = b"Delivered-To: bob@example.test\r\n"
+    await store.append(small, [AppendTarget(inbox_id, prefix=prefix)])
+    await store.append(large, [AppendTarget(inbox_id)])
+    await store.append(message(3), [AppendTarget(inbox_id, Flag.DELETED)])
+    await store.expunge(inbox_id)
+    everything = UidSet.of([1, 2, 3, 4])
+    assert await store.read_messages(inbox_id, everything) == {1: prefix + small, 2: large}
+    headers = await store.read_messages(inbox_id, everything, header_only=True)
+    assert headers == {
+        1: prefix + small[: small.index(b"\r\n\r\n") + 4],
+        2: large[: large.index(b"\r\n\r\n") + 4],
+    }
+    assert await store.read_messages(inbox_id, UidSet.of([2])) == {2: large}
+
+
 async def test_multi_recipient_append_shares_one_blob(store: SqliteStore) -> None:
     ids = [await make_user(store, f"user{i}@example.test") for i in range(10)]
     targets = [

@@ -29,6 +29,7 @@ class Plan:
     items: tuple[FetchItem, ...]
     what: FetchWhat
     needs_raw: bool  # some item reads the message bytes
+    header_only: bool  # ... but none beyond the top-level header
     sets_seen: bool  # some item is a non-peek body fetch (RFC 9051 §6.4.5)
     modseq: bool  # MODSEQ goes into every response (RFC 7162 §3.1.4.1)
 
@@ -45,6 +46,12 @@ def plan(items: Sequence[FetchItem], uid: bool, condstore: bool) -> Plan:
     needs_raw = bool(names & raw_names) or any(
         isinstance(item, FetchSection | FetchBinarySize) for item in items
     )
+    header_only = not names & {"RFC822", "RFC822.TEXT"} and all(
+        item.section.part == () and item.section.text.startswith("HEADER") and not item.binary
+        for item in items
+        if isinstance(item, FetchSection)
+    )
+    header_only = header_only and not any(isinstance(i, FetchBinarySize) for i in items)
     sets_seen = bool(names & {"RFC822", "RFC822.TEXT"}) or any(
         isinstance(item, FetchSection) and not item.peek for item in items
     )
@@ -53,7 +60,14 @@ def plan(items: Sequence[FetchItem], uid: bool, condstore: bool) -> Plan:
         bodystructure=bool(names & {"BODY", "BODYSTRUCTURE"}),
         parts=needs_raw,
     )
-    return Plan(tuple(full_items), what, needs_raw, sets_seen, condstore or "MODSEQ" in names)
+    return Plan(
+        tuple(full_items),
+        what,
+        needs_raw,
+        header_only,
+        sets_seen,
+        condstore or "MODSEQ" in names,
+    )
 
 
 def render(

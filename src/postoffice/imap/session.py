@@ -70,6 +70,8 @@ from postoffice.store.names import compile_list_pattern, is_inbox
 READ_SIZE: Final = 64 * 1024
 FLUSH_AT: Final = 256 * 1024  # queued output written out mid-command (large FETCHes)
 SASL_LINE_MAX: Final = 64 * 1024
+READ_BATCH: Final = 256  # messages read from the store per round trip during FETCH
+READ_BATCH_BYTES: Final = 4 << 20
 
 _FLAG_BY_NAME: Final = {name.upper(): flag for flag, name in FLAG_NAMES.items()}
 _ENABLEABLE: Final = ("CONDSTORE", "QRESYNC", "IMAP4REV2", "UTF8=ACCEPT")
@@ -1067,11 +1069,16 @@ class ImapSession:
         before = {e.uid: e.flags for e in entries}
         if plan.sets_seen and not selected.readonly:
             entries = await self._mark_seen(selected, entries)
-        for entry in entries:
+        raws: dict[int, bytes] = {}
+        for index, entry in enumerate(entries):
             seq = selected.seq_of(entry.uid)
             if not seq:
                 continue
-            raw = await self.store.read_message(mailbox_id, entry.uid) if plan.needs_raw else None
+            if plan.needs_raw and entry.uid not in raws:
+                raws = await self.store.read_messages(
+                    mailbox_id, UidSet.of(_batch(entries, index)), plan.header_only
+                )
+            raw = raws.get(entry.uid)
             recent = not self.options.rev2 and entry.uid in selected.recent
             try:
                 self._send(
@@ -1289,6 +1296,19 @@ class ImapSession:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _batch(entries: Sequence[Entry], start: int) -> list[int]:
+    """The UIDs of the entries from `start` whose messages to read in one store call: a few
+    hundred small ones, or one large one, so memory stays bounded."""
+    uids: list[int] = []
+    total = 0
+    for entry in entries[start : start + READ_BATCH]:
+        if uids and total + entry.size > READ_BATCH_BYTES:
+            break
+        uids.append(entry.uid)
+        total += entry.size
+    return uids
 
 
 def _name(command: c.Command) -> str:

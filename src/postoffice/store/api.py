@@ -172,6 +172,13 @@ class Store(Protocol):
         self, mailbox_id: int, uids: UidSet, what: FetchWhat = FETCH_BASIC
     ) -> list[Entry]: ...
     async def read_message(self, mailbox_id: int, uid: int) -> bytes | None: ...
+    async def read_messages(
+        self, mailbox_id: int, uids: UidSet, header_only: bool = False
+    ) -> dict[int, bytes]:
+        """Several messages in one round trip (uid → prefix + content; expunged ones are
+        missing).  `header_only`: only up to the end of the top-level header."""
+        ...
+
     async def store_flags(
         self,
         mailbox_id: int,

@@ -93,6 +93,13 @@ class FileBlobStore:
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
 
+    def read(self, sha256: str, limit: int | None) -> bytes:
+        """The blob, or its first `limit` bytes."""
+        if limit is None:
+            return self.get(sha256)
+        with self.path(sha256).open("rb") as blob:
+            return blob.read(limit)
+
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()
 

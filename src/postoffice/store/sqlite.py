@@ -1132,6 +1132,34 @@ class SqliteStore:
                 return None
         return (prefix or b"") + content
 
+    async def read_messages(
+        self, mailbox_id: int, uids: UidSet, header_only: bool = False
+    ) -> dict[int, bytes]:
+        # substr() on a BLOB counts bytes; an inline header is cut inside SQLite, so a
+        # header-only fetch never copies bodies out of the database.
+        content = "substr(m.content, 1, m.header_end)" if header_only else "m.content"
+
+        def op(conn: sqlite3.Connection) -> dict[int, bytes]:
+            found: dict[int, bytes] = {}
+            for lo, hi in _uid_ranges_sql(uids):
+                for uid, prefix, sha256, data, header_end in conn.execute(
+                    f"SELECT e.uid, e.prefix, m.sha256, {content}, m.header_end FROM entries e "
+                    "JOIN messages m ON m.id = e.message_id "
+                    "WHERE e.mailbox_id = ? AND e.uid BETWEEN ? AND ?",
+                    (mailbox_id, lo, hi),
+                ):
+                    if uid not in uids:
+                        continue
+                    if data is None:
+                        try:
+                            data = self.blobs.read(sha256, header_end if header_only else None)
+                        except FileNotFoundError:
+                            continue  # expunged and swept since the row was read
+                    found[uid] = (prefix or b"") + data
+            return found
+
+        return await self.db.read(op)
+
     async def search(self, mailbox_id: int, key: SearchKey) -> list[int]:
         compiled = sqlsearch.compile_search(key, time.time())
 

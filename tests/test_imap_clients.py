@@ -296,11 +296,6 @@ def b64(text: str) -> bytes:
     return base64.b64encode(text.encode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server refuses any GS2 authzid, even one equal to the user: log says 'SCRAM: The "
-    "GS2 authzid must be empty'; Cyrus SASL (mutt) sends it, so mutt cannot use SCRAM",
-)
 def test_scram_with_authzid_equal_to_the_user(mail: MailServer) -> None:
     # Written out by hand: scramp cannot send an authzid.  RFC 5802 §5.1 allows "a=" and a
     # server should accept the one identity it would derive anyway.

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import secrets
 from collections.abc import Awaitable, Callable
 
 import pytest
-from scramp import ScramClient
+from scramp import ScramClient, ScramMechanism
 
 from postoffice.auth.authenticator import (
     AuthCancelled,
@@ -238,6 +241,205 @@ def test_scram_garbage_client_final() -> None:
     assert isinstance(step, NeedsScramRecord)
     assert isinstance(step.resume(record), Challenge)
     assert isinstance(mech.feed(b"c=biws,r=wrongnonce,p=AAAA"), Failure)
+
+
+class HandScramClient:
+    """The client side of RFC 5802 §3 written out: scramp's ScramClient cannot send an authzid.
+
+    `escaped_name` goes on the wire as given; `final` can send a different c= or nonce.
+    """
+
+    def __init__(self, gs2_header: str, escaped_name: str, password: str) -> None:
+        self.gs2_header = gs2_header
+        self.bare = f"n={escaped_name},r=rOprNGfwEbeRWgbNEkqO"
+        self.password = password
+        self.server_signature = b""
+
+    def first(self) -> bytes:
+        return (self.gs2_header + self.bare).encode()
+
+    def final(
+        self, server_first: bytes, *, gs2_header: str | None = None, nonce: str = ""
+    ) -> bytes:
+        attrs = dict(a.split("=", 1) for a in server_first.decode().split(","))
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", self.password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"])
+        )
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        binding = b64((self.gs2_header if gs2_header is None else gs2_header).encode()).decode()
+        without_proof = f"c={binding},r={nonce or attrs['r']}"
+        auth_message = f"{self.bare},{server_first.decode()},{without_proof}".encode()
+        signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
+        proof = bytes(k ^ s for k, s in zip(client_key, signature, strict=True))
+        server_key = hmac.digest(salted, b"Server Key", "sha256")
+        self.server_signature = hmac.digest(server_key, auth_message, "sha256")
+        return f"{without_proof},p={b64(proof).decode()}".encode()
+
+
+def hand_exchange(
+    client: HandScramClient,
+    record: tuple[bytes, bytes, bytes, int] | None,
+    *,
+    gs2_header: str | None = None,
+    nonce: str = "",
+) -> Step:
+    mech = ScramSha256Mechanism(SECRET)
+    step = mech.start(client.first())
+    assert isinstance(step, NeedsScramRecord)
+    challenge = step.resume(record)
+    assert isinstance(challenge, Challenge)
+    return mech.feed(client.final(challenge.data, gs2_header=gs2_header, nonce=nonce))
+
+
+PENCIL = parse_scram_record(scram_sha256_record("pencil"))
+
+
+def test_scram_rfc7677_test_vector(monkeypatch: pytest.MonkeyPatch) -> None:
+    # RFC 7677 §3, byte for byte, with the server nonce and salt of the example.
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda _n: "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
+    salt = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
+    record = ScramMechanism("SCRAM-SHA-256").make_auth_info("pencil", 4096, salt)
+    mech = ScramSha256Mechanism(SECRET)
+    step = mech.start(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
+    assert isinstance(step, NeedsScramRecord)
+    assert step.resume(record) == Challenge(
+        b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+    )
+    final = (
+        b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+        b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+    )
+    assert mech.feed(final) == Success("user", b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+
+
+@pytest.mark.parametrize(
+    ("gs2_header", "escaped_name", "authcid"),
+    [
+        ("n,a=bob@example.test,", "bob@example.test", "bob@example.test"),
+        ("n,a=a=2Cb=3Dc,", "a=2Cb=3Dc", "a,b=c"),
+        ("y,a=alice,", "alice", "alice"),
+        ("y,,", "alice", "alice"),
+        ("n,,", "alice", "alice"),
+    ],
+)
+def test_scram_hand_client_success(gs2_header: str, escaped_name: str, authcid: str) -> None:
+    client = HandScramClient(gs2_header, escaped_name, "pencil")
+    step = hand_exchange(client, PENCIL)
+    assert step == Success(authcid, b"v=" + b64(client.server_signature))
+
+
+@pytest.mark.parametrize("authzid", ["a=carol@example.test", "a=bob", "a=bob@example.test=2C"])
+def test_scram_authzid_other_than_the_user_is_refused(authzid: str) -> None:
+    mech = ScramSha256Mechanism(SECRET)
+    client = HandScramClient(f"n,{authzid},", "bob@example.test", "pencil")
+    step = mech.start(client.first())
+    assert isinstance(step, NeedsScramRecord)
+    refused = step.resume(PENCIL)
+    assert isinstance(refused, Failure)
+    assert "authorization identity" in refused.reason
+
+
+@pytest.mark.parametrize(
+    ("password", "record", "gs2_header", "nonce", "reason"),
+    [
+        ("crayon", PENCIL, None, "", "invalid-proof"),
+        ("pencil", None, None, "", "invalid-proof"),  # unknown user
+        ("pencil", PENCIL, "n,,", "", "channel-bindings-dont-match"),
+        ("pencil", PENCIL, "y,a=bob,", "", "channel-bindings-dont-match"),
+        ("pencil", PENCIL, None, "rOprNGfwEbeRWgbNEkqOforged", "nonce"),
+        ("pencil", PENCIL, None, "rOprNGfwEbeRWgbNEkqO", "nonce"),
+    ],
+)
+def test_scram_hand_client_failures(
+    password: str,
+    record: tuple[bytes, bytes, bytes, int] | None,
+    gs2_header: str | None,
+    nonce: str,
+    reason: str,
+) -> None:
+    client = HandScramClient("n,a=bob,", "bob", password)
+    step = hand_exchange(client, record, gs2_header=gs2_header, nonce=nonce)
+    assert isinstance(step, Failure)
+    assert reason in step.reason
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda c, r, p: b"c=biws," + r + b"," + p,  # c= without the authzid
+        lambda c, r, p: c + b"," + r + b"X," + p,  # another nonce
+        lambda c, r, p: c + b"," + r + b"," + p[:-4] + b"AAA=",  # another proof
+        lambda c, r, p: c + b"," + r + b",p=AAAA",  # proof of the wrong length
+        lambda c, r, p: c + b"," + r + b",p=%%%%",  # proof not base64
+        lambda c, r, p: c + b"," + r + b",x=ext",  # no proof
+        lambda c, r, p: c + b"," + r + b",=x," + p,  # malformed extension
+        lambda c, r, p: r + b"," + c + b"," + p,  # attributes out of order
+        lambda c, r, p: c + b"," + r + b"," + p + b"\xff",  # not UTF-8
+    ],
+)
+def test_scram_tampered_client_final_fails(
+    monkeypatch: pytest.MonkeyPatch, tamper: Callable[[bytes, bytes, bytes], bytes]
+) -> None:
+    # A fixed server nonce, so that the untampered message is checked to pass as well.
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda _n: "server-nonce")
+
+    def server_first(mech: ScramSha256Mechanism) -> bytes:
+        step = mech.start(client.first())
+        assert isinstance(step, NeedsScramRecord)
+        challenge = step.resume(PENCIL)
+        assert isinstance(challenge, Challenge)
+        return challenge.data
+
+    client = HandScramClient("n,a=bob,", "bob", "pencil")
+    good_mech, bad_mech = ScramSha256Mechanism(SECRET), ScramSha256Mechanism(SECRET)
+    good = client.final(server_first(good_mech))
+    assert server_first(bad_mech) == server_first(ScramSha256Mechanism(SECRET))
+    channel, nonce, proof = good.split(b",")
+    assert isinstance(good_mech.feed(good), Success)
+    assert isinstance(bad_mech.feed(tamper(channel, nonce, proof)), Failure)
+
+
+@pytest.mark.parametrize(
+    "client_first",
+    [
+        b"n,bob,n=bob,r=abc",  # authzid without "a="
+        b"n,a=,n=bob,r=abc",
+        b"n,a=b=41,n=bob,r=abc",
+        b"x,,n=bob,r=abc",
+        b"p=,,n=bob,r=abc",
+        b"n,,m=ext,n=bob,r=abc",  # RFC 5802 §5.1: reserved "m" must fail
+        b"n,,n=bob,r=a b",
+        b"n,,n=bob,r=",
+        b"n,,n=bob,r=abc,=x",
+        b"n,,n=bob,r=abc,",
+    ],
+)
+def test_scram_malformed_gs2_header_or_bare(client_first: bytes) -> None:
+    assert isinstance(ScramSha256Mechanism(SECRET).start(client_first), Failure)
+
+
+def test_scram_extensions_in_client_first_are_ignored() -> None:
+    mech = ScramSha256Mechanism(SECRET)
+    step = mech.start(b"n,,n=bob,r=abc,x=whatever")
+    assert isinstance(step, NeedsScramRecord)
+    assert isinstance(step.resume(PENCIL), Challenge)
+
+
+def test_scram_name_changed_by_saslprep_gets_no_keys() -> None:
+    # U+00AD maps to nothing under SASLprep: keys found for the name as sent must not serve
+    # "bob", so the right password still fails.
+    client = HandScramClient("n,,", "b\u00adob", "pencil")
+    step = hand_exchange(client, PENCIL)
+    assert isinstance(step, Failure)
+    assert "invalid-proof" in step.reason
+
+
+def test_scram_name_refused_by_saslprep() -> None:
+    step = ScramSha256Mechanism(SECRET).start("n,,n=b\u0007ob,r=abc".encode())
+    assert isinstance(step, NeedsScramRecord)
+    refused = step.resume(PENCIL)
+    assert isinstance(refused, Failure)
+    assert "SASLprep" in refused.reason
 
 
 # -- choosing mechanisms -------------------------------------------------------------------

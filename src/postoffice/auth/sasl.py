@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Protocol
 
-from scramp import ScramException, ScramMechanism
+from scramp import ScramException
+from scramp.utils import saslprep
 
 from postoffice.auth.passwords import SCRAM_ITERATIONS, SCRAM_MECHANISM
 
@@ -108,7 +109,13 @@ class Failure:
 Step = Challenge | NeedsPasswordCheck | NeedsScramRecord | Success | Failure
 
 # RFC 5802 §7: saslname = 1*(value-safe-char / "=2C" / "=3D")
-_SCRAM_SASLNAME = re.compile(r"(?:[^=,]|=2C|=3D)+")
+_SCRAM_SASLNAME = re.compile(r"(?:[^\x00=,]|=2C|=3D)+")
+# RFC 5802 §7: printable = %x21-2B / %x2D-7E, the characters a nonce is made of.
+_SCRAM_NONCE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+# RFC 5802 §7: attr-val = ALPHA "=" value, for extensions the server ignores.
+_SCRAM_ATTRIBUTE = re.compile(r"[A-Za-z]=[^\x00,]+")
+# RFC 5802 §7: gs2-cbind-flag "p=" cb-name, cb-name = 1*(ALPHA / DIGIT / "." / "-")
+_GS2_CB_FLAG = re.compile(r"p=[A-Za-z0-9.-]+")
 
 _FINISHED = Failure("the authentication exchange has already finished")
 
@@ -206,15 +213,55 @@ class LoginMechanism:
                 return _FINISHED
 
 
-class _ScramState(Enum):
-    CLIENT_FIRST = auto()
-    LOOKUP = auto()
-    CLIENT_FINAL = auto()
-    DONE = auto()
+class _ScramRefused(Exception):
+    """A SCRAM message that ends the exchange; the text is the Failure reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class _ClientFirst:
+    gs2_header: str  # verbatim: client-final's c= must repeat it byte for byte (RFC 5802 §7)
+    wants_channel_binding: bool
+    authzid: str | None
+    username: str
+    nonce: str
+    bare: str
+
+
+@dataclass(frozen=True, slots=True)
+class _AwaitingClientFirst:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _AwaitingLookup:
+    first: _ClientFirst
+
+
+@dataclass(frozen=True, slots=True)
+class _AwaitingClientFinal:
+    first: _ClientFirst
+    nonce: str
+    server_first: str
+    stored_key: bytes
+    server_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    pass
+
+
+_ScramState = _AwaitingClientFirst | _AwaitingLookup | _AwaitingClientFinal | _Finished
 
 
 class ScramSha256Mechanism:
-    """RFC 7677 SCRAM-SHA-256 (RFC 5802) without channel binding, on top of scramp.
+    """RFC 7677 SCRAM-SHA-256 (RFC 5802 §3, §5), server side, without channel binding.
+
+    Written out here rather than taken from scramp: scramp refuses every gs2-header authzid
+    ("The GS2 authzid must be empty"), yet RFC 5802 §5.1 allows one and Cyrus SASL (mutt)
+    always sends it.  Rewriting the header before handing it to scramp cannot work either,
+    because client-final's c= repeats the header inside the signed AuthMessage.  scramp still
+    derives the stored keys (`passwords.py`) and supplies SASLprep.
 
     `secret` keys the made-up salt served for unknown users: the same user name always gets
     the same salt, so an attacker cannot tell unknown users from known ones (RFC 5802 §5.1).
@@ -224,11 +271,7 @@ class ScramSha256Mechanism:
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
-        self._state = _ScramState.CLIENT_FIRST
-        self._username = ""
-        self._client_first = ""
-        self._server = ScramMechanism(SCRAM_MECHANISM).make_server(self._auth_info)
-        self._record: ScramRecord | None = None
+        self._state: _ScramState = _AwaitingClientFirst()
 
     def start(self, initial_response: bytes | None) -> Step:
         if initial_response is None:
@@ -236,62 +279,91 @@ class ScramSha256Mechanism:
         return self.feed(initial_response)
 
     def feed(self, response: bytes) -> Step:
-        match self._state:
-            case _ScramState.CLIENT_FIRST:
+        # Any step that does not set the next state ends the exchange.
+        state, self._state = self._state, _Finished()
+        match state:
+            case _AwaitingClientFirst():
                 return self._client_first_message(response)
-            case _ScramState.CLIENT_FINAL:
-                return self._client_final_message(response)
-            case _ScramState.LOOKUP:
-                self._state = _ScramState.DONE
+            case _AwaitingClientFinal():
+                return self._client_final_message(state, response)
+            case _AwaitingLookup():
                 return Failure("response fed before the user was looked up")
-            case _ScramState.DONE:
+            case _Finished():
                 return _FINISHED
 
     def _client_first_message(self, response: bytes) -> Step:
-        self._state = _ScramState.DONE
         try:
-            self._client_first = response.decode("utf-8")
-        except UnicodeDecodeError:
-            return Failure("SCRAM message is not UTF-8")
-        username = _scram_username(self._client_first)
-        if username is None:
-            return Failure("malformed SCRAM client-first-message")
-        self._username = username
-        self._state = _ScramState.LOOKUP
-        return NeedsScramRecord(username, self._resume)
+            first = _parse_client_first(response)
+        except _ScramRefused as e:
+            return Failure(f"SCRAM: {e}")
+        self._state = _AwaitingLookup(first)
+        return NeedsScramRecord(first.username, self._resume)
 
     def _resume(self, record: ScramRecord | None) -> Step:
-        if self._state is not _ScramState.LOOKUP:
-            self._state = _ScramState.DONE
+        state, self._state = self._state, _Finished()
+        if not isinstance(state, _AwaitingLookup):
             return _FINISHED
-        self._state = _ScramState.DONE
-        self._record = record
+        first = state.first
+        # Refused after the lookup rather than at the first message: with the name known, the
+        # failure counts against it (authenticator.py), as a wrong proof would.
+        if first.wants_channel_binding:
+            # RFC 5802 §6: "p" asks for a -PLUS mechanism, which is not offered.
+            return Failure("SCRAM: channel-binding-not-supported")
+        # RFC 5802 §5.1: acting as another identity is not offered, as with PLAIN.
+        if first.authzid is not None and first.authzid != first.username:
+            return Failure("SCRAM: authorization identity differs from authentication identity")
         try:
-            # scramp parses the whole message and calls _auth_info for the keys.
-            self._server.set_client_first(self._client_first)
-            server_first: str = self._server.get_server_first()
+            prepared: str = saslprep(first.username)
         except ScramException as e:
-            return Failure(f"SCRAM: {e}")
-        self._state = _ScramState.CLIENT_FINAL
-        return Challenge(server_first.encode("utf-8"))
+            return Failure(f"SCRAM: user name refused by SASLprep: {e}")
+        # Keys looked up under the spelling sent must not serve the SASLprep'd name when the
+        # two differ, so such a name gets made-up keys and fails at the proof.
+        if record is None or prepared != first.username:
+            record = self._fake_record(prepared)
+        salt, stored_key, server_key, iterations = record
+        # RFC 5802 §5.1: the server appends its own nonce to the client's.
+        nonce = first.nonce + secrets.token_urlsafe(24)
+        server_first = f"r={nonce},s={_b64(salt)},i={iterations}"
+        self._state = _AwaitingClientFinal(first, nonce, server_first, stored_key, server_key)
+        return Challenge(server_first.encode("ascii"))
 
-    def _client_final_message(self, response: bytes) -> Step:
-        self._state = _ScramState.DONE
+    def _client_final_message(self, state: _AwaitingClientFinal, response: bytes) -> Step:
         try:
-            self._server.set_client_final(response.decode("utf-8"))
-            server_final: str = self._server.get_server_final()
+            text = response.decode("utf-8")
         except UnicodeDecodeError:
             return Failure("SCRAM message is not UTF-8")
-        except ScramException as e:
-            return Failure(f"SCRAM: {e}")
-        return Success(self._username, server_final.encode("utf-8"))
-
-    def _auth_info(self, prepared_username: str) -> ScramRecord:
-        # scramp hands over the SASLprep'd name; keys looked up under another spelling must
-        # not be used for it, so such a name gets made-up keys and fails at the proof.
-        if self._record is not None and prepared_username == self._username:
-            return self._record
-        return self._fake_record(prepared_username)
+        # RFC 5802 §7: client-final-message = channel-binding "," nonce ["," extensions]
+        # "," proof; the AuthMessage takes everything before ",p=" verbatim.
+        without_proof, separator, proof_b64 = text.rpartition(",p=")
+        attributes = without_proof.split(",")
+        if (
+            not separator
+            or len(attributes) < 2
+            or not attributes[0].startswith("c=")
+            or not attributes[1].startswith("r=")
+            or not all(_SCRAM_ATTRIBUTE.fullmatch(a) for a in attributes[2:])
+        ):
+            return Failure("SCRAM: malformed client-final-message")
+        # RFC 5802 §7: without channel binding the cbind-input is the gs2-header alone.
+        binding = _b64decode(attributes[0][2:])
+        if binding is None or not hmac.compare_digest(
+            binding, state.first.gs2_header.encode("utf-8")
+        ):
+            return Failure("SCRAM: channel-bindings-dont-match")
+        if attributes[1][2:] != state.nonce:
+            return Failure("SCRAM: nonce does not match")
+        proof = _b64decode(proof_b64)
+        if proof is None or len(proof) != len(state.stored_key):
+            return Failure("SCRAM: invalid-proof")
+        # RFC 5802 §3: ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage), and the proof
+        # holds when H(ClientKey) is the StoredKey.
+        auth_message = f"{state.first.bare},{state.server_first},{without_proof}".encode()
+        client_signature = hmac.digest(state.stored_key, auth_message, hashlib.sha256)
+        client_key = bytes(p ^ s for p, s in zip(proof, client_signature, strict=True))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), state.stored_key):
+            return Failure("SCRAM: invalid-proof")
+        server_signature = hmac.digest(state.server_key, auth_message, hashlib.sha256)
+        return Success(state.first.username, f"v={_b64(server_signature)}".encode("ascii"))
 
     def _fake_record(self, username: str) -> ScramRecord:
         salt = hmac.digest(self._secret, username.encode("utf-8"), hashlib.sha256)
@@ -299,26 +371,59 @@ class ScramSha256Mechanism:
         return salt, secrets.token_bytes(32), secrets.token_bytes(32), SCRAM_ITERATIONS
 
 
-def _scram_username(client_first: str) -> str | None:
-    """The user name of a client-first-message (RFC 5802 §7), or None when there is none.
+def _parse_client_first(message: bytes) -> _ClientFirst:
+    """Read a client-first-message (RFC 5802 §7); raises _ScramRefused when malformed."""
+    try:
+        text = message.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _ScramRefused("SCRAM message is not UTF-8") from e
+    # gs2-header = gs2-cbind-flag "," [ authzid ] ","
+    flag, _, rest = text.partition(",")
+    authzid_field, separator, bare = rest.partition(",")
+    if not separator or (flag not in ("n", "y") and _GS2_CB_FLAG.fullmatch(flag) is None):
+        raise _ScramRefused("malformed gs2-header")
+    authzid = None
+    if authzid_field:
+        if not authzid_field.startswith("a="):
+            raise _ScramRefused("malformed gs2-header")
+        authzid = _unescape_saslname(authzid_field[2:])
+    # client-first-message-bare = [reserved-mext ","] username "," nonce ["," extensions];
+    # RFC 5802 §5.1: a server that meets the reserved "m" MUST fail, as it does here.
+    attributes = bare.split(",")
+    if (
+        len(attributes) < 2
+        or not attributes[0].startswith("n=")
+        or not attributes[1].startswith("r=")
+        or _SCRAM_NONCE.fullmatch(attributes[1][2:]) is None
+        or not all(_SCRAM_ATTRIBUTE.fullmatch(a) for a in attributes[2:])
+    ):
+        raise _ScramRefused("malformed client-first-message")
+    return _ClientFirst(
+        gs2_header=text[: len(text) - len(bare)],
+        wants_channel_binding=flag.startswith("p="),
+        authzid=authzid,
+        username=_unescape_saslname(attributes[0][2:]),
+        nonce=attributes[1][2:],
+        bare=bare,
+    )
 
-    Only what the lookup needs is read here; scramp validates the whole message afterwards.
-    """
-    # RFC 5802 §7: client-first-message = gs2-header client-first-message-bare, and the
-    # gs2-header ends at its second comma.
-    first_comma = client_first.find(",")
-    second_comma = client_first.find(",", first_comma + 1) if first_comma >= 0 else -1
-    if second_comma < 0:
-        return None
-    bare = client_first[second_comma + 1 :]
-    attribute = bare.split(",", 1)[0]
-    if not attribute.startswith("n="):
-        return None
-    escaped = attribute[2:]
+
+def _unescape_saslname(escaped: str) -> str:
     # RFC 5802 §5.1: "," and "=" travel as "=2C" and "=3D"; any other "=" is malformed.
     if _SCRAM_SASLNAME.fullmatch(escaped) is None:
-        return None
+        raise _ScramRefused("malformed user name")
     return escaped.replace("=2C", ",").replace("=3D", "=")
+
+
+def _b64decode(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def new_mechanism(name: str, *, scram_secret: bytes) -> Mechanism | None:

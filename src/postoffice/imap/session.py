@@ -639,12 +639,10 @@ class ImapSession:
                 raise Bad("Invalid base64 in SASL response")
             case AuthUnsupported():
                 raise No("Unsupported authentication mechanism", "CANNOT")
-            case _:
+            case AuthSuccess() | AuthFailure() | AuthThrottled():
                 self._authenticated(cmd.tag, result)
 
-    def _authenticated(
-        self, tag: str, result: AuthSuccess | AuthFailure | AuthThrottled | object
-    ) -> None:
+    def _authenticated(self, tag: str, result: AuthSuccess | AuthFailure | AuthThrottled) -> None:
         match result:
             case AuthSuccess():
                 self.user = result
@@ -652,7 +650,7 @@ class ImapSession:
                 self._tagged(tag, "OK", "Logged in", "CAPABILITY " + self._capabilities().decode())
             case AuthThrottled():
                 raise No("Too many failed logins; try again later", "UNAVAILABLE")
-            case _:
+            case AuthFailure():
                 raise No("Invalid credentials", "AUTHENTICATIONFAILED")
 
     async def _send_challenge(self, challenge: bytes) -> None:

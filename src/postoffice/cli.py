@@ -38,7 +38,7 @@ from postoffice.context import open_configured_store
 from postoffice.listeners import ListenError
 from postoffice.log import FORMATS, configure_logging
 from postoffice.store import Store
-from postoffice.store.model import StoreError
+from postoffice.store.model import PopAccountPolicy, StoreError
 from postoffice.tls import TlsConfigError, generate_self_signed
 
 T = TypeVar("T")
@@ -383,6 +383,77 @@ def user_quota(ctx: click.Context, address: str, size: str) -> None:
 
     _with_store(_data_dir(ctx), set_quota)
     click.echo(f"quota of {address}: {_format_quota(quota)}")
+
+
+def _expire_days(text: str) -> int | None:
+    """--expire: days (0 deletes what was downloaded at QUIT), or None for "never"."""
+    if text.strip().lower() == "never":
+        return None
+    if not text.strip().isdigit():
+        raise CliError(f'--expire takes a number of days or "never", not {text!r}')
+    return int(text)
+
+
+def _format_pop(policy: PopAccountPolicy) -> str:
+    expire = "never" if policy.expire_days is None else f"{policy.expire_days}d"
+    return (
+        f"pop3 of {policy.address}: {'enabled' if policy.enabled else 'disabled'}"
+        f"  login-delay={policy.login_delay}s  expire={expire}"
+        f"  apop={'on' if policy.apop_secret is not None else 'off'}"
+    )
+
+
+@user.command("pop")
+@click.argument("address")
+@click.option("--enable/--disable", "enabled", default=None, help="Allow or refuse POP3 logins.")
+@click.option(
+    "--login-delay",
+    type=click.IntRange(min=0),
+    metavar="SECONDS",
+    help="Minimum time between two POP3 logins (RFC 2449 LOGIN-DELAY); 0 for none.",
+)
+@click.option(
+    "--expire",
+    metavar="DAYS|never",
+    help="Delete messages DAYS days after their first download; 0: at the end of that "
+    'session; "never" (the default) keeps them.',
+)
+@click.option(
+    "--apop-secret-stdin/--no-apop",
+    "apop",
+    default=None,
+    help="Enable APOP with a secret read from the first line of stdin (stored retrievably, "
+    "unlike passwords), or disable APOP.",
+)
+@click.pass_context
+def user_pop(
+    ctx: click.Context,
+    address: str,
+    enabled: bool | None,
+    login_delay: int | None,
+    expire: str | None,
+    apop: bool | None,
+) -> None:
+    """Show or change the account's POP3 policy."""
+    address = normalise_address(address)
+    expire_days = None if expire is None else _expire_days(expire)
+    secret: str | None = None
+    if apop:
+        secret = _read_password(None, from_stdin=True)
+
+    async def update(store: Store) -> PopAccountPolicy:
+        current = await store.get_pop_policy(address)
+        if current is None:
+            raise CliError(f"no such user {address}")
+        return await store.set_pop_policy(
+            address,
+            enabled=current.enabled if enabled is None else enabled,
+            login_delay=current.login_delay if login_delay is None else login_delay,
+            expire_days=current.expire_days if expire is None else expire_days,
+            apop_secret=current.apop_secret if apop is None else secret,
+        )
+
+    click.echo(_format_pop(_with_store(_data_dir(ctx), update)))
 
 
 @cli.group(no_args_is_help=False)

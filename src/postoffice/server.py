@@ -25,6 +25,7 @@ from postoffice.context import open_context, server_tls_context
 from postoffice.imap.handler import IMAP_LISTENERS, imap_handlers
 from postoffice.listeners import BoundListener, ListenerGroup, ProtocolRegistry, bind
 from postoffice.log import BoundLogger, get_logger
+from postoffice.pop3 import POP3_LISTENERS, Pop3Handler
 from postoffice.smtp import SMTP_LISTENERS, smtp_handler
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -42,6 +43,8 @@ def default_registry() -> ProtocolRegistry:
     imap = imap_handlers()
     for name in IMAP_LISTENERS:
         registry.register(name, imap)
+    for name in POP3_LISTENERS:
+        registry.register(name, Pop3Handler)
     return registry
 
 

@@ -29,6 +29,10 @@ from postoffice.store.model import (
     Flag,
     Mailbox,
     MailboxStatus,
+    PopAccountPolicy,
+    PopBounds,
+    PopLoginTooSoon,
+    PopMaildrop,
     Recipient,
     SortFields,
     SpecialUse,
@@ -131,6 +135,34 @@ class Store(Protocol):
     async def set_quota(
         self, address: str, quota_bytes: int | None, quota_messages: int | None
     ) -> Account: ...
+
+    # -- POP3 (issue 5) ------------------------------------------------------------------
+    async def get_pop_policy(self, address: str) -> PopAccountPolicy | None: ...
+    async def set_pop_policy(
+        self,
+        address: str,
+        *,
+        enabled: bool,
+        login_delay: int,
+        expire_days: int | None,
+        apop_secret: str | None,
+    ) -> PopAccountPolicy: ...
+    async def pop_bounds(self) -> PopBounds:
+        """The smallest EXPIRE and largest LOGIN-DELAY of any account, for CAPA before
+        login (RFC 2449 §6.5, §6.7)."""
+        ...
+
+    async def pop_open(self, account_id: int, now: dt.datetime) -> PopMaildrop | PopLoginTooSoon:
+        """Enforce and record LOGIN-DELAY, apply the expire policy, snapshot INBOX: one
+        transaction."""
+        ...
+
+    async def pop_update(
+        self, mailbox_id: int, deleted: UidSet, retrieved: UidSet, now: dt.datetime
+    ) -> list[int]:
+        """RFC 1939 UPDATE in one transaction: remove exactly `deleted` whatever their flags
+        (publishing `Expunged`), stamp the first RETR time of `retrieved`; the UIDs removed."""
+        ...
 
     # -- aliases -------------------------------------------------------------------------
     async def add_alias(self, address: str, targets: Sequence[str]) -> Alias: ...

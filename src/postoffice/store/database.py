@@ -208,7 +208,15 @@ class Database:
 
 # Columns added after a release: (table, column, definition).  CREATE TABLE IF NOT EXISTS
 # leaves an older table as it was, so each is added here when missing.
-_ADDED_COLUMNS = (("mailboxes", "recent_uid", "INTEGER NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS = (
+    ("mailboxes", "recent_uid", "INTEGER NOT NULL DEFAULT 0"),
+    ("accounts", "pop_enabled", "INTEGER NOT NULL DEFAULT 1"),
+    ("accounts", "pop_login_delay", "INTEGER NOT NULL DEFAULT 0"),
+    ("accounts", "pop_expire_days", "INTEGER"),
+    ("accounts", "pop_apop_secret", "TEXT"),
+    ("accounts", "pop_last_login", "INTEGER"),
+    ("entries", "pop_retrieved", "INTEGER"),
+)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

@@ -273,3 +273,46 @@ class SortFields:
     message_id: str  # "<...>", "" when none
     in_reply_to: str  # first msg-id of In-Reply-To, "" when none
     references: tuple[str, ...]
+
+
+# -- POP3 (issue 5) ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PopAccountPolicy:
+    """An account's POP3 policy, set by the admin (`postoffice user pop`)."""
+
+    account_id: int
+    address: str
+    enabled: bool = True
+    login_delay: int = 0  # RFC 2449 §6.5: seconds between logins; 0 for none
+    expire_days: int | None = None  # RFC 2449 §6.7: None is NEVER
+    # Kept retrievable because APOP (RFC 1939 §7) needs the shared secret itself: set only
+    # for accounts an admin enables APOP for.
+    apop_secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PopBounds:
+    """What CAPA announces before login (RFC 2449 §6.5, §6.7): the strictest policy in use."""
+
+    min_expire_days: int | None  # None: every account is NEVER
+    max_login_delay: int
+    per_user: bool  # accounts differ, so the announcement ends in USER
+
+
+@dataclass(frozen=True, slots=True)
+class PopMaildrop:
+    """The snapshot a POP3 session works on, taken when it opens the maildrop (INBOX)."""
+
+    mailbox_id: int
+    uidvalidity: int
+    messages: tuple[tuple[int, int], ...]  # (uid, size), ascending by UID
+    expired: int  # messages the expire policy removed just before the snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class PopLoginTooSoon:
+    """The account's LOGIN-DELAY has not passed since its last POP3 login."""
+
+    retry_after: int  # seconds

@@ -22,7 +22,13 @@ CREATE TABLE IF NOT EXISTS accounts (
     quota_messages INTEGER,
     used_bytes INTEGER NOT NULL DEFAULT 0,
     used_messages INTEGER NOT NULL DEFAULT 0,
-    created INTEGER NOT NULL
+    created INTEGER NOT NULL,
+    -- POP3 policy (issue 5; RFC 2449 LOGIN-DELAY and EXPIRE) and state
+    pop_enabled INTEGER NOT NULL DEFAULT 1,
+    pop_login_delay INTEGER NOT NULL DEFAULT 0,   -- seconds
+    pop_expire_days INTEGER,                      -- NULL: never
+    pop_apop_secret TEXT,                         -- retrievable on purpose: APOP needs it
+    pop_last_login INTEGER                        -- unix seconds
 );
 
 CREATE TABLE IF NOT EXISTS aliases (
@@ -107,6 +113,7 @@ CREATE TABLE IF NOT EXISTS entries (
     tz_offset INTEGER NOT NULL,        -- minutes east of UTC, for INTERNALDATE's zone
     size INTEGER NOT NULL,             -- len(prefix) + messages.size
     prefix BLOB,                       -- per-entry header lines before the shared blob
+    pop_retrieved INTEGER,             -- unix seconds of the first POP3 RETR (EXPIRE counts from it)
     PRIMARY KEY (mailbox_id, uid)
 ) WITHOUT ROWID;
 

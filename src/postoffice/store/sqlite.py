@@ -51,6 +51,10 @@ from postoffice.store.model import (
     Mailbox,
     MailboxStatus,
     NotFound,
+    PopAccountPolicy,
+    PopBounds,
+    PopLoginTooSoon,
+    PopMaildrop,
     QuotaExceeded,
     SortFields,
     SpecialUse,
@@ -73,6 +77,7 @@ _MAILBOX_COLUMNS = (
     "AND s.name = m.name)"
 )
 _ACCOUNT_COLUMNS = "id, address, quota_bytes, quota_messages, used_bytes, used_messages"
+_POP_POLICY_COLUMNS = "id, address, pop_enabled, pop_login_delay, pop_expire_days, pop_apop_secret"
 _ENTRY_COLUMNS = (
     "e.uid, e.modseq, e.flags, e.keywords, e.internaldate, e.tz_offset, e.size, "
     "e.message_id, length(e.prefix)"
@@ -115,6 +120,19 @@ def _account(row: Row) -> Account:
         quota_messages=None if row[3] is None else int(row[3]),
         used_bytes=int(row[4]),
         used_messages=int(row[5]),
+    )
+
+
+def _pop_policy(row: Row | None) -> PopAccountPolicy | None:
+    if row is None:
+        return None
+    return PopAccountPolicy(
+        account_id=int(row[0]),
+        address=str(row[1]),
+        enabled=bool(row[2]),
+        login_delay=int(row[3]),
+        expire_days=None if row[4] is None else int(row[4]),
+        apop_secret=row[5],
     )
 
 
@@ -385,6 +403,58 @@ class SqliteStore:
             return _account(row)
 
         return await self.db.write(op)
+
+    # -- POP3 policy -----------------------------------------------------------------------
+    async def get_pop_policy(self, address: str) -> PopAccountPolicy | None:
+        return await self.db.read(
+            lambda conn: _pop_policy(
+                conn.execute(
+                    f"SELECT {_POP_POLICY_COLUMNS} FROM accounts WHERE address = ?", (address,)
+                ).fetchone()
+            )
+        )
+
+    async def set_pop_policy(
+        self,
+        address: str,
+        *,
+        enabled: bool,
+        login_delay: int,
+        expire_days: int | None,
+        apop_secret: str | None,
+    ) -> PopAccountPolicy:
+        if login_delay < 0 or (expire_days is not None and expire_days < 0):
+            raise StoreError("login delay and expire days must not be negative")
+
+        def op(conn: sqlite3.Connection, emit: Emit) -> PopAccountPolicy:
+            row = conn.execute(
+                "UPDATE accounts SET pop_enabled = ?, pop_login_delay = ?, pop_expire_days = ?, "
+                f"pop_apop_secret = ? WHERE address = ? RETURNING {_POP_POLICY_COLUMNS}",
+                (int(enabled), login_delay, expire_days, apop_secret, address),
+            ).fetchone()
+            policy = _pop_policy(row)
+            if policy is None:
+                raise NotFound(f"no such user: {address}")
+            return policy
+
+        return await self.db.write(op)
+
+    async def pop_bounds(self) -> PopBounds:
+        def op(conn: sqlite3.Connection) -> PopBounds:
+            # NULL (never) sorts as the largest retention: min() over the others.
+            row = conn.execute(
+                "SELECT min(pop_expire_days), max(pop_login_delay), "
+                "count(DISTINCT coalesce(pop_expire_days, -1)), count(DISTINCT pop_login_delay) "
+                "FROM accounts"
+            ).fetchone()
+            min_expire, max_delay, expire_kinds, delay_kinds = row
+            return PopBounds(
+                min_expire_days=None if min_expire is None else int(min_expire),
+                max_login_delay=int(max_delay or 0),
+                per_user=expire_kinds > 1 or delay_kinds > 1,
+            )
+
+        return await self.db.read(op)
 
     # -- aliases ---------------------------------------------------------------------------
     async def add_alias(self, address: str, targets: Sequence[str]) -> Alias:
@@ -1050,6 +1120,84 @@ class SqliteStore:
                     conn, emit, account_id, mailbox_id, deleted, release_quota=True
                 )
             return deleted
+
+        return await self.db.write(op)
+
+    # -- POP3 maildrop ---------------------------------------------------------------------
+    async def pop_open(self, account_id: int, now: dt.datetime) -> PopMaildrop | PopLoginTooSoon:
+        """Start a POP3 session on the account's INBOX, in one transaction: enforce and record
+        LOGIN-DELAY, remove what the expire policy says is due, and take the snapshot.
+
+        Expiry runs here, before the snapshot, so no message vanishes in mid-session
+        (RFC 2449 §6.7); its days count from the message's first RETR."""
+        when = int(now.timestamp())
+
+        def op(conn: sqlite3.Connection, emit: Emit) -> PopMaildrop | PopLoginTooSoon:
+            row = conn.execute(
+                "SELECT pop_login_delay, pop_expire_days, pop_last_login FROM accounts "
+                "WHERE id = ?",
+                (account_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound("account no longer exists")
+            delay, expire_days, last_login = row
+            if delay and last_login is not None and when - last_login < delay:
+                return PopLoginTooSoon(delay - (when - last_login))
+            conn.execute("UPDATE accounts SET pop_last_login = ? WHERE id = ?", (when, account_id))
+            mailbox = conn.execute(
+                "SELECT id, uidvalidity FROM mailboxes WHERE account_id = ? AND name = 'INBOX'",
+                (account_id,),
+            ).fetchone()
+            if mailbox is None:
+                raise NotFound("the account has no INBOX")
+            mailbox_id, uidvalidity = int(mailbox[0]), int(mailbox[1])
+            expired: list[int] = []
+            if expire_days:
+                expired = [
+                    int(r[0])
+                    for r in conn.execute(
+                        "SELECT uid FROM entries WHERE mailbox_id = ? AND pop_retrieved <= ? "
+                        "ORDER BY uid",
+                        (mailbox_id, when - expire_days * 86400),
+                    )
+                ]
+                if expired:
+                    self._remove_entries(
+                        conn, emit, account_id, mailbox_id, expired, release_quota=True
+                    )
+            messages = tuple(
+                (int(r[0]), int(r[1]))
+                for r in conn.execute(
+                    "SELECT uid, size FROM entries WHERE mailbox_id = ? ORDER BY uid",
+                    (mailbox_id,),
+                )
+            )
+            return PopMaildrop(mailbox_id, uidvalidity, messages, len(expired))
+
+        return await self.db.write(op)
+
+    async def pop_update(
+        self, mailbox_id: int, deleted: UidSet, retrieved: UidSet, now: dt.datetime
+    ) -> list[int]:
+        """The POP3 UPDATE state (RFC 1939 §6) as one transaction: remove exactly the
+        `deleted` UIDs whatever their flags (publishing `Expunged`, releasing quota, leaving
+        tombstones) and stamp the first-retrieval time of the `retrieved` ones that stay.
+        Returns the UIDs removed (those another session expunged first are skipped)."""
+        when = int(now.timestamp())
+
+        def op(conn: sqlite3.Connection, emit: Emit) -> list[int]:
+            account_id = self._account_of(conn, mailbox_id)
+            present = [int(row[0]) for row in self._select_uids(conn, mailbox_id, deleted, "uid")]
+            if present:
+                self._remove_entries(
+                    conn, emit, account_id, mailbox_id, present, release_quota=True
+                )
+            conn.executemany(
+                "UPDATE entries SET pop_retrieved = ? WHERE mailbox_id = ? AND uid = ? "
+                "AND pop_retrieved IS NULL",
+                [(when, mailbox_id, uid) for uid in retrieved if uid not in deleted],
+            )
+            return present
 
         return await self.db.write(op)
 

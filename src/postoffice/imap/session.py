@@ -812,7 +812,13 @@ class ImapSession:
         special = uses[0] if uses else None
         if is_inbox(name):
             raise No("INBOX always exists", "ALREADYEXISTS")
-        await self.store.create_mailbox(self._account_id(), name, special)
+        account = self._account_id()
+        if special is not None and any(
+            m.special_use is special for m in await self.store.list_mailboxes(account)
+        ):
+            # RFC 6154 §3: the attribute, not the name, is what is refused.
+            raise No(f"Another mailbox already has {special.value}", "USEATTR")
+        await self.store.create_mailbox(account, name, special)
         self._ok(cmd.tag, "Create completed")
 
     async def cmd_delete(self, cmd: c.Delete) -> None:
@@ -1381,8 +1387,8 @@ def _listed_names(
                 # Only for a descendant the client will not see listed on its own.
                 if name not in matched:
                     listed[parent] = True
-            elif cmd.lsub or not select:
-                # RFC 3501 §6.3.9: "%" stops at a level that has matching names below.
+            elif (cmd.lsub and name not in matched) or (not cmd.lsub and not select):
+                # RFC 3501 §6.3.9: "%" stopped at a level with matching names below.
                 listed[parent] = False
     return sorted(listed.items(), key=lambda item: (not is_inbox(item[0]), item[0]))
 

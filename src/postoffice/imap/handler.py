@@ -7,10 +7,9 @@ session) ends every idle wait when the server begins to stop.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import weakref
 
+from postoffice.channel import LiveSessions
 from postoffice.config import ListenerConfig, UnixAddress
 from postoffice.context import Context
 from postoffice.imap.selected import RecentClaims
@@ -44,12 +43,9 @@ class ImapHandler:
         self.ctx = ctx
         self.recent_claims = recent_claims
         self.policy = build_policy(ctx, listener)
-        self.sessions: weakref.WeakSet[ImapSession] = weakref.WeakSet()
-        self._watcher: asyncio.Task[None] | None = None
+        self.sessions = LiveSessions()
 
     async def handle(self, conn: Connection) -> None:
-        if self._watcher is None:
-            self._watcher = asyncio.ensure_future(self._wake_on_stop(conn.stopping))
         session = ImapSession(
             conn,
             self.policy,
@@ -58,13 +54,8 @@ class ImapHandler:
             self.ctx.tls,
             self.recent_claims,
         )
-        self.sessions.add(session)
+        self.sessions.add(session, conn.stopping)
         await session.run()
-
-    async def _wake_on_stop(self, stopping: asyncio.Event) -> None:
-        await stopping.wait()
-        for session in list(self.sessions):
-            session.wake()
 
     def refusal(self, reason: str) -> bytes:
         # RFC 9051 §7.1.5: BYE, then the server closes.

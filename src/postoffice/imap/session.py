@@ -14,13 +14,11 @@ StreamReader and the coroutine blocked in `read` (issue 4: 10,000 idle clients p
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import bisect
 import contextlib
-import ipaddress
+import re
 import ssl
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -37,6 +35,15 @@ from postoffice.auth.authenticator import (
     AuthUnsupported,
 )
 from postoffice.auth.sasl import mechanisms_offered
+from postoffice.channel import (
+    BadCompressedData,
+    Channel,
+    Hangup,
+    IdleTimeout,
+    LineTooLong,
+    ServerStopping,
+    plaintext_allowed,
+)
 from postoffice.config import Network
 from postoffice.imap import commands as c
 from postoffice.imap import fetch as f
@@ -46,7 +53,7 @@ from postoffice.imap import thread as threading_
 from postoffice.imap import utf7
 from postoffice.imap.parser import CommandAssembler, LiteralTooLarge, ParseError
 from postoffice.imap.selected import BadSet, Options, RecentClaims, SelectedMailbox
-from postoffice.listeners import Connection, discard_buffered
+from postoffice.listeners import Connection
 from postoffice.store import search as s
 from postoffice.store.api import Store
 from postoffice.store.events import Expunged, FlagsChanged, MessagesAdded
@@ -67,12 +74,13 @@ from postoffice.store.model import (
 )
 from postoffice.store.names import compile_list_pattern, is_inbox
 
-READ_SIZE: Final = 64 * 1024
 FLUSH_AT: Final = 256 * 1024  # queued output written out mid-command (large FETCHes)
 SASL_LINE_MAX: Final = 64 * 1024
 READ_BATCH: Final = 256  # messages read from the store per round trip during FETCH
 READ_BATCH_BYTES: Final = 4 << 20
 
+# RFC 9051 §9: tag = 1*<any ASTRING-CHAR except "+">
+_TAG: Final = re.compile(rb"([\x21\x23-\x24\x26-\x27\x2c-\x5b\x5d-\x7a\x7c-\x7e]+) ")
 _FLAG_BY_NAME: Final = {name.upper(): flag for flag, name in FLAG_NAMES.items()}
 _ENABLEABLE: Final = ("CONDSTORE", "QRESYNC", "IMAP4REV2", "UTF8=ACCEPT")
 _STATUS_ITEMS: Final = frozenset(
@@ -115,10 +123,6 @@ class _End(Exception):
     def __init__(self, bye: str | None) -> None:
         super().__init__(bye)
         self.bye = bye
-
-
-class _Hangup(Exception):
-    """The client closed the connection."""
 
 
 class State(Enum):
@@ -191,13 +195,7 @@ class ImapSession:
         self.options = Options()
         self.utf8 = False
         self.bad_in_row = 0
-        self._buf = bytearray()
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self._inflate: zlib._Decompress | None = None
-        self._deflate: zlib._Compress | None = None
-        self._idling: c.Idle | None = None
-        self._timer: asyncio.Timeout | None = None
+        self.io = Channel(conn, policy.idle_seconds)
         self._assembler = self._new_assembler()
 
     def _new_assembler(self) -> CommandAssembler:
@@ -218,7 +216,7 @@ class ImapSession:
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._send(b"* OK [CAPABILITY %b] %b ready\r\n" % (self._capabilities(), self._host()))
+        self.io.send(b"* OK [CAPABILITY %b] %b ready\r\n" % (self._capabilities(), self._host()))
         try:
             while True:
                 command = await self._read_command()
@@ -226,20 +224,25 @@ class ImapSession:
                     await self._execute(command)
         except _End as end:
             if end.bye:
-                self._send(b"* BYE " + end.bye.encode() + b"\r\n")
-        except (_Hangup, ConnectionError):
+                self.io.send(b"* BYE " + end.bye.encode() + b"\r\n")
+        except IdleTimeout:
+            # RFC 9051 §5.4: the autologout timer (at least 30 minutes by default).
+            self.io.send(b"* BYE Autologout; idle for too long\r\n")
+        except ServerStopping:
+            self.io.send(b"* BYE Server shutting down\r\n")
+        except BadCompressedData:
+            self.io.send(b"* BYE Invalid compressed data\r\n")
+        except (Hangup, ConnectionError):
             return
         finally:
             if self.selected is not None:
                 self.selected.close()
         with contextlib.suppress(ConnectionError, TimeoutError):
-            await self._flush()
+            await self.io.flush()
 
     def wake(self) -> None:
-        """The server is stopping: end a wait for input now (called by the handler)."""
-        timer = self._timer
-        if timer is not None and not timer.expired():
-            timer.reschedule(asyncio.get_running_loop().time())
+        """The server is stopping: end a wait for the next command now (from the handler)."""
+        self.io.wake()
 
     def _host(self) -> bytes:
         return self.policy.hostname.encode()
@@ -265,7 +268,9 @@ class ImapSession:
             self._refuse(command.tag, No(str(e), "OVERQUOTA"))
         except StoreError as e:
             self._refuse(command.tag, No(str(e), "SERVERBUG"))
-        except (_End, _Hangup, OSError):
+        except LineTooLong:
+            self._refuse(command.tag, Bad("Line too long", "TOOBIG"))
+        except (_End, Hangup, IdleTimeout, ServerStopping, BadCompressedData, OSError):
             raise
         except Exception:
             self.conn.log.exception("IMAP command failed")
@@ -340,10 +345,6 @@ class ImapSession:
 
     # -- replies -------------------------------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_size += len(data)
-
     def _ok(
         self, tag: str, text: str, code: str | None = None, *, allow_expunge: bool = True
     ) -> None:
@@ -353,7 +354,7 @@ class ImapSession:
 
     def _tagged(self, tag: str, status: str, text: str, code: str | None) -> None:
         bracket = f"[{code}] " if code else ""
-        self._send(f"{tag} {status} {bracket}{text}\r\n".encode())
+        self.io.send(f"{tag} {status} {bracket}{text}\r\n".encode())
 
     def _refuse(self, tag: str | None, error: No) -> None:
         kind = "BAD" if isinstance(error, Bad) else "NO"
@@ -372,108 +373,29 @@ class ImapSession:
         events = selected.subscription.pending()
         selected.absorb(events)
         for line in selected.updates(events, self.options, allow_expunge):
-            self._send(line)
-
-    async def _flush(self) -> None:
-        if not self._out:
-            return
-        data = b"".join(self._out)
-        self._out.clear()
-        self._out_size = 0
-        self._write(data)
-        writer = self.conn.writer
-        if not writer.transport.get_write_buffer_size():
-            return
-        # A client that never reads our output must not hold the session forever.
-        async with asyncio.timeout(self.policy.idle_seconds):
-            await writer.drain()
-
-    def _write(self, data: bytes) -> None:
-        if self._deflate is not None:
-            data = self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
-        self.conn.writer.write(data)
-
-    async def _flush_if_large(self) -> None:
-        if self._out_size >= FLUSH_AT:
-            await self._flush()
-
-    # -- input ---------------------------------------------------------------------------------
-
-    async def _fill(self, *, idle: bool) -> None:
-        """Read more input into the buffer, writing queued output first."""
-        await self._flush()
-        try:
-            async with asyncio.timeout(self.policy.idle_seconds) as timer:
-                if idle:
-                    if self.conn.stopping.is_set():
-                        raise _End("Server shutting down")
-                    self._timer = timer
-                data = await self.conn.reader.read(READ_SIZE)
-        except TimeoutError:
-            if self.conn.stopping.is_set() and idle:
-                raise _End("Server shutting down") from None
-            # RFC 9051 §5.4: the autologout timer (at least 30 minutes by default).
-            raise _End("Autologout; idle for too long") from None
-        finally:
-            self._timer = None
-        if not data:
-            raise _Hangup
-        if self._inflate is not None:
-            try:
-                data = self._inflate.decompress(data)
-            except zlib.error:
-                raise _End("Invalid compressed data") from None
-        self._buf += data
-
-    async def _line(self, *, idle: bool, limit: int) -> bytes:
-        """The next line with its CRLF; a line over `limit` is skipped and answered BAD."""
-        while (end := self._buf.find(b"\n")) < 0:
-            if len(self._buf) > limit:
-                await self._skip_line()
-                raise ParseError("Command line too long", None, "TOOBIG")
-            await self._fill(idle=idle and not self._buf)
-        line = bytes(self._buf[: end + 1])
-        del self._buf[: end + 1]
-        return line
-
-    async def _skip_line(self) -> None:
-        while (end := self._buf.find(b"\n")) < 0:
-            self._buf.clear()
-            await self._fill(idle=False)
-        del self._buf[: end + 1]
-
-    async def _exactly(self, size: int) -> bytes:
-        while len(self._buf) < size:
-            await self._fill(idle=False)
-        data = bytes(self._buf[:size])
-        del self._buf[:size]
-        return data
-
-    async def _discard(self, size: int) -> None:
-        while size > 0:
-            if not self._buf:
-                await self._fill(idle=False)
-            taken = min(size, len(self._buf))
-            del self._buf[:taken]
-            size -= taken
+            self.io.send(line)
 
     async def _read_command(self) -> c.Command | None:
         """The next command, its literals read; None when it was refused (already answered)."""
         assembler = self._assembler
         try:
-            line = await self._line(idle=True, limit=self.policy.line_max)
+            line = await self.io.line(idle=True, limit=self.policy.line_max)
             while (wanted := assembler.feed_line(line)) is not None:
                 if wanted.synchronizing:
-                    self._send(b"+ Ready for literal data\r\n")
-                assembler.feed_literal(await self._exactly(wanted.size))
-                line = await self._line(idle=False, limit=self.policy.line_max)
+                    self.io.send(b"+ Ready for literal data\r\n")
+                assembler.feed_literal(await self.io.exactly(wanted.size))
+                line = await self.io.line(idle=False, limit=self.policy.line_max)
             return assembler.finish()
+        except LineTooLong as e:
+            assembler.reset()
+            tag = _TAG.match(e.head)
+            self._refuse(tag[1].decode() if tag else None, Bad("Command line too long", "TOOBIG"))
         except LiteralTooLarge as e:
             assembler.reset()
             if not e.synchronizing:
                 # RFC 7888 §4: a non-synchronizing literal is on its way whatever we say; the
                 # rest of the command cannot be told from a new one, so the session ends.
-                await self._discard(e.size)
+                await self.io.discard(e.size)
                 self._tagged(e.tag or "*", "NO", e.message, "TOOBIG")
                 raise _End("Literal too large") from None
             self._refuse(e.tag, No(e.message, "TOOBIG"))
@@ -489,10 +411,7 @@ class ImapSession:
     # -- facts about the connection ------------------------------------------------------------
 
     def _plaintext_allowed(self) -> bool:
-        if not self.conn.peer:
-            return False
-        address = ipaddress.ip_address(self.conn.peer)
-        return any(address in network for network in self.policy.plaintext_networks)
+        return plaintext_allowed(self.conn, self.policy.plaintext_networks)
 
     def _starttls_offered(self) -> bool:
         return self.policy.starttls and not self.conn.tls
@@ -540,14 +459,14 @@ class ImapSession:
             "BINARY",
             "WITHIN",
         ]
-        if self._deflate is None:
+        if not self.io.compressed:
             caps.append("COMPRESS=DEFLATE")
         return " ".join(caps).encode()
 
     # -- any state -----------------------------------------------------------------------------
 
     async def cmd_capability(self, cmd: c.Capability) -> None:
-        self._send(b"* CAPABILITY " + self._capabilities() + b"\r\n")
+        self.io.send(b"* CAPABILITY " + self._capabilities() + b"\r\n")
         self._ok(cmd.tag, "Capability completed")
 
     async def cmd_noop(self, cmd: c.Noop | c.Check) -> None:
@@ -586,7 +505,7 @@ class ImapSession:
         )
 
     async def cmd_logout(self, cmd: c.Logout) -> None:
-        self._send(b"* BYE Logging out\r\n")
+        self.io.send(b"* BYE Logging out\r\n")
         self._tagged(cmd.tag, "OK", "Logout completed", None)
         raise _End(None)
 
@@ -594,7 +513,7 @@ class ImapSession:
         # RFC 2971: the client's values are only logged.
         if cmd.params:
             self.conn.log.info("client id", extra={"client_id": dict(cmd.params)})
-        self._send(b'* ID ("name" "postoffice" "version" %b)\r\n' % w.quoted(__version__))
+        self.io.send(b'* ID ("name" "postoffice" "version" %b)\r\n' % w.quoted(__version__))
         self._ok(cmd.tag, "ID completed")
 
     # -- not authenticated ---------------------------------------------------------------------
@@ -603,13 +522,8 @@ class ImapSession:
         if not self._starttls_offered():
             raise Bad("STARTTLS is not available now", "CLIENTBUG")
         self._tagged(cmd.tag, "OK", "Begin TLS negotiation now", None)
-        await self._flush()
-        # RFC 9051 §6.2.1: anything pipelined after STARTTLS came in cleartext; drop it.
-        self._buf.clear()
-        discard_buffered(self.conn.reader)
-        await self.conn.writer.start_tls(
-            self.tls, ssl_handshake_timeout=self.policy.tls_handshake_seconds
-        )
+        # RFC 9051 §6.2.1: anything pipelined after STARTTLS came in cleartext; it is dropped.
+        await self.io.start_tls(self.tls, self.policy.tls_handshake_seconds)
 
     async def cmd_login(self, cmd: c.Login) -> None:
         # RFC 9051 §6.2.3 / DESIGN §7: no cleartext passwords outside the allowed networks.
@@ -654,11 +568,11 @@ class ImapSession:
                 raise No("Invalid credentials", "AUTHENTICATIONFAILED")
 
     async def _send_challenge(self, challenge: bytes) -> None:
-        self._send(b"+ " + challenge + b"\r\n")
-        await self._flush()
+        self.io.send(b"+ " + challenge + b"\r\n")
+        await self.io.flush()
 
     async def _receive_sasl_line(self) -> bytes:
-        line = await self._line(idle=False, limit=SASL_LINE_MAX)
+        line = await self.io.line(idle=False, limit=SASL_LINE_MAX)
         return line.rstrip(b"\r\n")
 
     # -- authenticated -------------------------------------------------------------------------
@@ -709,7 +623,7 @@ class ImapSession:
             elif name == "UTF8=ACCEPT":
                 self.utf8 = True
                 self._assembler = self._new_assembler()
-        self._send(b"* ENABLED" + b"".join(b" " + n.encode() for n in enabled) + b"\r\n")
+        self.io.send(b"* ENABLED" + b"".join(b" " + n.encode() for n in enabled) + b"\r\n")
         self._ok(cmd.tag, "Enabled")
 
     async def cmd_select(self, cmd: c.Select) -> None:
@@ -717,7 +631,7 @@ class ImapSession:
             self._deselect()
             if self.options.rev2 or self.options.qresync:
                 # RFC 7162 §3.2.11 / RFC 9051 §7.1: the old mailbox is closed from here on.
-                self._send(b"* OK [CLOSED] Previous mailbox closed\r\n")
+                self.io.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
         if cmd.qresync is not None and not self.options.qresync:
             raise Bad("QRESYNC must be enabled first", "CLIENTBUG")
         if cmd.condstore:
@@ -744,22 +658,22 @@ class ImapSession:
         selected.recent = set(unclaimed) if claims is None else claims.claim(mailbox.id, unclaimed)
         selected.absorb(subscription.pending())
         selected.announced_exists = len(selected.uids)
-        self._send(b"* %d EXISTS\r\n" % len(selected.uids))
+        self.io.send(b"* %d EXISTS\r\n" % len(selected.uids))
         if not self.options.rev2:
-            self._send(b"* %d RECENT\r\n" % len(selected.recent))
-        self._send(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n")
+            self.io.send(b"* %d RECENT\r\n" % len(selected.recent))
+        self.io.send(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n")
         permanent = b"" if cmd.readonly else b"\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*"
-        self._send(b"* OK [PERMANENTFLAGS (%b)] Flags permitted\r\n" % permanent)
+        self.io.send(b"* OK [PERMANENTFLAGS (%b)] Flags permitted\r\n" % permanent)
         if status.unseen and not self.options.rev2:
             first = await self.store.search(mailbox.id, s.HasFlag(Flag.SEEN, False))
             seq = selected.seq_of(first[0]) if first else 0
             if seq:
-                self._send(b"* OK [UNSEEN %d] First unseen\r\n" % seq)
-        self._send(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
-        self._send(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mailbox.uidnext)
-        self._send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % mailbox.highestmodseq)
+                self.io.send(b"* OK [UNSEEN %d] First unseen\r\n" % seq)
+        self.io.send(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
+        self.io.send(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mailbox.uidnext)
+        self.io.send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % mailbox.highestmodseq)
         if self.options.rev2:
-            self._send(b'* LIST () "/" %b\r\n' % self._name_out(mailbox.name))
+            self.io.send(b'* LIST () "/" %b\r\n' % self._name_out(mailbox.name))
         if cmd.qresync is not None:
             await self._qresync(selected, cmd.qresync)
         code = "READ-ONLY" if cmd.readonly else "READ-WRITE"
@@ -778,12 +692,12 @@ class ImapSession:
             wanted = _set_members(params.known_uids, (selected.uids[-1] if selected.uids else 0))
             vanished = [uid for uid in vanished if uid in wanted]
         if vanished:
-            self._send(b"* VANISHED (EARLIER) " + w.sequence_set(vanished) + b"\r\n")
+            self.io.send(b"* VANISHED (EARLIER) " + w.sequence_set(vanished) + b"\r\n")
         for entry in await self.store.changed_since(mailbox.id, params.modseq):
             seq = selected.seq_of(entry.uid)
             if not seq or (known is not None and entry.uid not in known):
                 continue
-            self._send(
+            self.io.send(
                 selected.flags_response(
                     seq, entry.uid, entry.modseq, entry.flags, entry.keywords, self.options, True
                 )
@@ -797,7 +711,7 @@ class ImapSession:
         self.options.condstore = True
         if self.selected is not None:
             modseq = self.selected.highestmodseq
-            self._send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % modseq)
+            self.io.send(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % modseq)
 
     def _deselect(self) -> None:
         if self.selected is not None:
@@ -844,7 +758,7 @@ class ImapSession:
         self._ok(cmd.tag, f"{'Subscribe' if cmd.subscribe else 'Unsubscribe'} completed")
 
     async def cmd_namespace(self, cmd: c.Namespace) -> None:
-        self._send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        self.io.send(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
         self._ok(cmd.tag, "Namespace completed")
 
     async def cmd_list(self, cmd: c.ListMailboxes) -> None:
@@ -854,7 +768,7 @@ class ImapSession:
         if not cmd.lsub and patterns == [""]:
             # RFC 9051 §6.3.9: the hierarchy delimiter and the root of the reference.
             root = reference.split("/", 1)[0] + "/" if "/" in reference else ""
-            self._send(b'* LIST (\\Noselect) "/" %b\r\n' % w.quoted(root))
+            self.io.send(b'* LIST (\\Noselect) "/" %b\r\n' % w.quoted(root))
             self._ok(cmd.tag, "List completed")
             return
         account = self._account_id()
@@ -869,13 +783,13 @@ class ImapSession:
             attrs = _list_attributes(name, boxes, subscribed, cmd, returns)
             # RFC 5258 §3.5: a parent listed only for its subscribed children says so.
             extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if childinfo else b""
-            self._send(
+            self.io.send(
                 b'* %b (%b) "/" %b%b\r\n'
                 % (kind, " ".join(attrs).encode(), self._name_out(name), extra)
             )
             mailbox = boxes.get(name)
             if cmd.return_status is not None and mailbox is not None:
-                self._send(await self._status_line(mailbox, cmd.return_status))
+                self.io.send(await self._status_line(mailbox, cmd.return_status))
         self._ok(cmd.tag, f"{kind.decode().capitalize()} completed")
 
     async def cmd_status(self, cmd: c.Status) -> None:
@@ -883,7 +797,7 @@ class ImapSession:
         unknown = [item for item in cmd.items if item not in _STATUS_ITEMS]
         if unknown:
             raise Bad(f"Unknown STATUS item {unknown[0]}", "CLIENTBUG")
-        self._send(await self._status_line(mailbox, cmd.items))
+        self.io.send(await self._status_line(mailbox, cmd.items))
         self._ok(cmd.tag, "Status completed")
 
     async def _status_line(self, mailbox: Mailbox, items: Sequence[str]) -> bytes:
@@ -945,13 +859,13 @@ class ImapSession:
 
     async def cmd_idle(self, cmd: c.Idle) -> None:
         await self._catch_up()
-        self._send(b"+ idling\r\n")
+        self.io.send(b"+ idling\r\n")
         self._updates(allow_expunge=True)
         selected = self.selected
         if selected is not None:
             selected.subscription.notify = self._on_event
         try:
-            line = await self._line(idle=True, limit=self.policy.line_max)
+            line = await self.io.line(idle=True, limit=self.policy.line_max)
         finally:
             if selected is not None:
                 selected.subscription.notify = None
@@ -962,26 +876,22 @@ class ImapSession:
     def _on_event(self) -> None:
         """A commit touched the mailbox this idling session has selected: tell it now."""
         self._updates(allow_expunge=True)
-        if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
-            self._out_size = 0
-            self._write(data)
+        self.io.write_now()
 
     async def cmd_getquotaroot(self, cmd: c.GetQuotaRoot) -> None:
         mailbox = await self._mailbox(cmd.mailbox)
         quota = await self._quota_line()
         root = b' ""' if quota else b""
-        self._send(b"* QUOTAROOT %b%b\r\n" % (self._name_out(mailbox.name), root))
+        self.io.send(b"* QUOTAROOT %b%b\r\n" % (self._name_out(mailbox.name), root))
         if quota:
-            self._send(quota)
+            self.io.send(quota)
         self._ok(cmd.tag, "Getquotaroot completed")
 
     async def cmd_getquota(self, cmd: c.GetQuota) -> None:
         quota = await self._quota_line()
         if cmd.root != "" or not quota:
             raise No("No such quota root", "NONEXISTENT")
-        self._send(quota)
+        self.io.send(quota)
         self._ok(cmd.tag, "Getquota completed")
 
     async def _quota_line(self) -> bytes | None:
@@ -1003,19 +913,12 @@ class ImapSession:
         raise No("Quotas are set by the administrator", "NOPERM")
 
     async def cmd_compress(self, cmd: c.Compress) -> None:
-        if self._deflate is not None:
+        if self.io.compressed:
             raise No("Compression is already active", "COMPRESSIONACTIVE")
         if cmd.mechanism != "DEFLATE":
             raise Bad("Unknown compression mechanism", "CLIENTBUG")
         self._tagged(cmd.tag, "OK", "DEFLATE active", None)
-        await self._flush()
-        # RFC 4978 §3: raw DEFLATE (no zlib header) both ways from the next octet.
-        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
-        self._inflate = zlib.decompressobj(-15)
-        if self._buf:
-            pending = bytes(self._buf)
-            self._buf.clear()
-            self._buf += self._inflate.decompress(pending)
+        await self.io.start_deflate()
 
     # -- selected ------------------------------------------------------------------------------
 
@@ -1063,7 +966,7 @@ class ImapSession:
             wanted = _set_members(cmd.set, selected.uids[-1] if selected.uids else 0)
             gone = [uid for uid in gone if uid in wanted]
             if gone:
-                self._send(b"* VANISHED (EARLIER) " + w.sequence_set(gone) + b"\r\n")
+                self.io.send(b"* VANISHED (EARLIER) " + w.sequence_set(gone) + b"\r\n")
         if not uids:
             self._ok(cmd.tag, "Fetch completed", allow_expunge=cmd.uid)
             return
@@ -1085,7 +988,7 @@ class ImapSession:
             raw = raws.get(entry.uid)
             recent = not self.options.rev2 and entry.uid in selected.recent
             try:
-                self._send(
+                self.io.send(
                     f.render(
                         seq,
                         entry,
@@ -1097,7 +1000,8 @@ class ImapSession:
                 )
             except f.UnknownCte:
                 raise No("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
-            await self._flush_if_large()
+            if self.io.queued >= FLUSH_AT:
+                await self.io.flush()
         self._ok(cmd.tag, "Fetch completed", allow_expunge=cmd.uid)
 
     async def _mark_seen(self, selected: SelectedMailbox, entries: list[Entry]) -> list[Entry]:
@@ -1138,7 +1042,7 @@ class ImapSession:
             for update in result.updated:
                 seq = selected.seq_of(update.uid)
                 if seq and not (cmd.silent and cmd.unchanged_since is None):
-                    self._send(
+                    self.io.send(
                         selected.flags_response(
                             seq,
                             update.uid,
@@ -1173,7 +1077,7 @@ class ImapSession:
         if cmd.move:
             # RFC 6851 §4.3: COPYUID in an untagged OK before the expunges.
             if code:
-                self._send(f"* OK [{code}] Moved\r\n".encode())
+                self.io.send(f"* OK [{code}] Moved\r\n".encode())
             self._ok(cmd.tag, "Move completed")
         else:
             self._ok(cmd.tag, "Copy completed", code)
@@ -1188,7 +1092,7 @@ class ImapSession:
             line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
             if modseqs:
                 line += b" (MODSEQ %d)" % max(modseqs.values())
-            self._send(line + b"\r\n")
+            self.io.send(line + b"\r\n")
         self._ok(cmd.tag, "Search completed", allow_expunge=cmd.uid)
 
     async def _search(
@@ -1272,7 +1176,7 @@ class ImapSession:
         )
         if highest is not None:
             items.append(b"MODSEQ %d" % highest)
-        self._send(b"* ESEARCH " + b" ".join(items) + b"\r\n")
+        self.io.send(b"* ESEARCH " + b" ".join(items) + b"\r\n")
 
     async def cmd_sort(self, cmd: c.Sort) -> None:
         selected = self._sel()
@@ -1283,7 +1187,7 @@ class ImapSession:
             self._esearch(cmd.tag, selected, ordered, cmd.uid, cmd.returns or (), modseqs, True)
         else:
             numbers = ordered if cmd.uid else [selected.seq_of(u) for u in ordered]
-            self._send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+            self.io.send(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
         self._ok(cmd.tag, "Sort completed", allow_expunge=cmd.uid)
 
     async def cmd_thread(self, cmd: c.Thread) -> None:
@@ -1295,7 +1199,7 @@ class ImapSession:
         else:
             threads = threading_.thread_references(fields)
         number = (lambda u: u) if cmd.uid else selected.seq_of
-        self._send(b"* THREAD " + threading_.render_threads(threads, number) + b"\r\n")
+        self.io.send(b"* THREAD " + threading_.render_threads(threads, number) + b"\r\n")
         self._ok(cmd.tag, "Thread completed", allow_expunge=cmd.uid)
 
 

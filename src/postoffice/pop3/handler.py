@@ -7,10 +7,9 @@ input when the server begins to stop (a POP3 client holds its maildrop lock mean
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from typing import Final
 
+from postoffice.channel import LiveSessions
 from postoffice.config import ListenerConfig, UnixAddress
 from postoffice.context import Context
 from postoffice.listeners import Connection
@@ -40,23 +39,15 @@ class Pop3Handler:
     def __init__(self, ctx: Context, listener: ListenerConfig) -> None:
         self.ctx = ctx
         self.policy = build_policy(ctx, listener)
-        self.sessions: weakref.WeakSet[Pop3Session] = weakref.WeakSet()
-        self._watcher: asyncio.Task[None] | None = None
+        self.sessions = LiveSessions()
 
     async def handle(self, conn: Connection) -> None:
-        if self._watcher is None:
-            self._watcher = asyncio.ensure_future(self._wake_on_stop(conn.stopping))
         ctx = self.ctx
         session = Pop3Session(
             conn, self.policy, ctx.store, ctx.authenticator, ctx.throttle, ctx.tls, ctx.clock
         )
-        self.sessions.add(session)
+        self.sessions.add(session, conn.stopping)
         await session.run()
-
-    async def _wake_on_stop(self, stopping: asyncio.Event) -> None:
-        await stopping.wait()
-        for session in list(self.sessions):
-            session.wake()
 
     def refusal(self, reason: str) -> bytes:
         return r.err(reason, SYS_TEMP)

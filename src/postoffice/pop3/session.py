@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import ipaddress
 import os
 import secrets
 import ssl
@@ -40,9 +39,17 @@ from postoffice.auth.authenticator import (
     mechanisms_offered,
 )
 from postoffice.auth.throttle import LoginThrottle
+from postoffice.channel import (
+    Channel,
+    Hangup,
+    IdleTimeout,
+    LineTooLong,
+    ServerStopping,
+    plaintext_allowed,
+)
 from postoffice.config import Network
 from postoffice.context import Clock
-from postoffice.listeners import Connection, discard_buffered
+from postoffice.listeners import Connection
 from postoffice.pop3 import parser as p
 from postoffice.pop3 import responses as r
 from postoffice.pop3.lock import MaildropLock
@@ -56,7 +63,6 @@ from postoffice.store.model import (
     UidSet,
 )
 
-READ_SIZE: Final = 64 * 1024
 SASL_LINE_MAX: Final = 64 * 1024  # RFC 5034 §4: responses are not bound by the 255 octets
 
 # Response codes: RFC 2449 §8.1 and RFC 3206 §4.
@@ -94,10 +100,6 @@ class _End(Exception):
     def __init__(self, last: bytes | None) -> None:
         super().__init__(last)
         self.last = last
-
-
-class _Hangup(Exception):
-    """The client closed the connection."""
 
 
 class State(Enum):
@@ -179,9 +181,7 @@ class Pop3Session:
         self.bad_in_row = 0
         # RFC 1939 §7: the APOP timestamp, unique per greeting.
         self.timestamp = f"<{os.getpid()}.{secrets.token_hex(8)}@{policy.hostname}>"
-        self._buf = bytearray()
-        self._out: list[bytes] = []
-        self._timer: asyncio.Timeout | None = None
+        self.io = Channel(conn, policy.idle_seconds)
 
     @property
     def state(self) -> State:
@@ -190,7 +190,7 @@ class Pop3Session:
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._send(r.ok(f"POP3 server ready {self.timestamp}"))
+        self.io.send(r.ok(f"POP3 server ready {self.timestamp}"))
         try:
             while True:
                 line = await self._read_line()
@@ -198,20 +198,23 @@ class Pop3Session:
                     await self._execute(line)
         except _End as end:
             if end.last:
-                self._send(end.last)
-        except (_Hangup, ConnectionError):
+                self.io.send(end.last)
+        except IdleTimeout:
+            # RFC 1939 §3: the autologout timer ends the session without UPDATE.
+            self.io.send(r.err("Disconnected for inactivity"))
+        except ServerStopping:
+            self.io.send(r.err("Server shutting down", SYS_TEMP))
+        except (Hangup, ConnectionError):
             return
         finally:
             if self.drop is not None:
                 self.drop.lock.release()
         with contextlib.suppress(ConnectionError, TimeoutError):
-            await self._flush()
+            await self.io.flush()
 
     def wake(self) -> None:
-        """The server is stopping: end a wait for input now (called by the handler)."""
-        timer = self._timer
-        if timer is not None and not timer.expired():
-            timer.reschedule(asyncio.get_running_loop().time())
+        """The server is stopping: end a wait for the next command now (from the handler)."""
+        self.io.wake()
 
     async def _execute(self, line: bytes) -> None:
         try:
@@ -222,20 +225,20 @@ class Pop3Session:
             await self._dispatch(command)
             self.bad_in_row = 0
         except p.BadSyntax as e:
-            self._send(r.err(str(e)))
+            self.io.send(r.err(str(e)))
             self.bad_in_row += 1
             if self.bad_in_row >= self.policy.bad_commands:
                 raise _End(r.err("Too many invalid commands")) from None
         except PopError as e:
-            self._send(r.err(e.text, e.code))
+            self.io.send(r.err(e.text, e.code))
         except StoreError as e:
             self.conn.log.warning("POP3 store error: %s", e)
-            self._send(r.err("Temporary store error, try again", SYS_TEMP))
-        except (_End, _Hangup, OSError):
+            self.io.send(r.err("Temporary store error, try again", SYS_TEMP))
+        except (_End, Hangup, IdleTimeout, ServerStopping, OSError):
             raise
         except Exception:
             self.conn.log.exception("POP3 command failed")
-            self._send(r.err("Internal error", SYS_TEMP))
+            self.io.send(r.err("Internal error", SYS_TEMP))
 
     async def _dispatch(self, command: p.Command) -> None:
         match command:
@@ -270,80 +273,23 @@ class Pop3Session:
             case p.Noop():
                 await self.cmd_noop(command)
 
-    # -- output --------------------------------------------------------------------------------
-
-    def _send(self, data: bytes) -> None:
-        self._out.append(data)
-
-    async def _flush(self) -> None:
-        if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
-            self.conn.writer.write(data)
-        await self._drain()
-
-    async def _drain(self) -> None:
-        if not self.conn.writer.transport.get_write_buffer_size():
-            return
-        # A client that never reads our output must not hold the session (and lock) forever.
-        async with asyncio.timeout(self.policy.idle_seconds):
-            await self.conn.writer.drain()
-
     # -- input ---------------------------------------------------------------------------------
 
-    async def _fill(self, *, idle: bool) -> None:
-        """Read more input, writing queued output first (so pipelined answers go together)."""
-        await self._flush()
-        try:
-            async with asyncio.timeout(self.policy.idle_seconds) as timer:
-                if idle:
-                    if self.conn.stopping.is_set():
-                        raise _End(r.err("Server shutting down", SYS_TEMP))
-                    self._timer = timer
-                data = await self.conn.reader.read(READ_SIZE)
-        except TimeoutError:
-            if self.conn.stopping.is_set() and idle:
-                raise _End(r.err("Server shutting down", SYS_TEMP)) from None
-            # RFC 1939 §3: the autologout timer ends the session without UPDATE.
-            raise _End(r.err("Disconnected for inactivity")) from None
-        finally:
-            self._timer = None
-        if not data:
-            raise _Hangup
-        self._buf += data
-
-    async def _line(self, *, idle: bool, limit: int) -> bytes | None:
-        """The next line with its LF; None when it was longer than `limit` (skipped)."""
-        while (end := self._buf.find(b"\n")) < 0:
-            if len(self._buf) > limit:
-                while (end := self._buf.find(b"\n")) < 0:
-                    self._buf.clear()
-                    await self._fill(idle=False)
-                del self._buf[: end + 1]
-                return None
-            await self._fill(idle=idle and not self._buf)
-        line = bytes(self._buf[: end + 1])
-        del self._buf[: end + 1]
-        return line
-
     async def _read_line(self) -> bytes | None:
-        line = await self._line(idle=True, limit=p.MAX_LINE)
-        if line is None or len(line) > p.MAX_LINE:
+        try:
+            return await self.io.line(idle=True, limit=p.MAX_LINE)
+        except LineTooLong:
             # RFC 2449 §4: 255 octets including the CRLF.
-            self._send(r.err("Command line too long"))
+            self.io.send(r.err("Command line too long"))
             self.bad_in_row += 1
             if self.bad_in_row >= self.policy.bad_commands:
-                raise _End(r.err("Too many invalid commands"))
+                raise _End(r.err("Too many invalid commands")) from None
             return None
-        return line
 
     # -- facts about the connection ------------------------------------------------------------
 
     def _plaintext_allowed(self) -> bool:
-        if not self.conn.peer:
-            return False
-        address = ipaddress.ip_address(self.conn.peer)
-        return any(address in network for network in self.policy.plaintext_networks)
+        return plaintext_allowed(self.conn, self.policy.plaintext_networks)
 
     def _secure_enough(self) -> bool:
         """DESIGN §7: no passwords (nor APOP digests) over cleartext outside allowed networks."""
@@ -373,7 +319,7 @@ class Pop3Session:
 
     async def cmd_capa(self, cmd: p.Capa) -> None:
         caps = await self._capabilities()
-        self._send(r.ok("Capability list follows") + r.multiline(caps))
+        self.io.send(r.ok("Capability list follows") + r.multiline(caps))
 
     async def cmd_quit(self, cmd: p.Quit) -> None:
         drop = self.drop
@@ -403,21 +349,16 @@ class Pop3Session:
     async def cmd_stls(self, cmd: p.Stls) -> None:
         if not self._stls_offered():
             raise PopError("STLS is not available now")
-        self._send(r.ok("Begin TLS negotiation"))
-        await self._flush()
+        self.io.send(r.ok("Begin TLS negotiation"))
         # RFC 2595 §4: nothing sent before the handshake counts; forget any USER too.
-        self._buf.clear()
-        discard_buffered(self.conn.reader)
         self.user_name = None
-        await self.conn.writer.start_tls(
-            self.tls, ssl_handshake_timeout=self.policy.tls_handshake_seconds
-        )
+        await self.io.start_tls(self.tls, self.policy.tls_handshake_seconds)
 
     async def cmd_user(self, cmd: p.User) -> None:
         if not self._secure_enough():
             raise PopError("Plaintext authentication disallowed without TLS", AUTH)
         self.user_name = cmd.name
-        self._send(r.ok("Send your password"))
+        self.io.send(r.ok("Send your password"))
 
     async def cmd_pass(self, cmd: p.Pass) -> None:
         name, self.user_name = self.user_name, None
@@ -454,7 +395,7 @@ class Pop3Session:
         if cmd.mechanism is None:
             # Not in RFC 5034, but clients (fetchmail among them) probe with a bare AUTH.
             mechanisms = mechanisms_offered(self.conn.tls, self._plaintext_allowed())
-            self._send(r.ok("Supported mechanisms follow") + r.multiline(mechanisms))
+            self.io.send(r.ok("Supported mechanisms follow") + r.multiline(mechanisms))
             return
         result = await self.authenticator.run_sasl(
             cmd.mechanism,
@@ -469,13 +410,14 @@ class Pop3Session:
 
     async def _send_challenge(self, challenge: bytes) -> None:
         # RFC 5034 §4: "+ " and the base64 challenge.
-        self._send(b"+ " + challenge + b"\r\n")
-        await self._flush()
+        self.io.send(b"+ " + challenge + b"\r\n")
+        await self.io.flush()
 
     async def _receive_sasl_line(self) -> bytes:
-        line = await self._line(idle=False, limit=SASL_LINE_MAX)
-        if line is None:
-            raise PopError("SASL response too long", AUTH)
+        try:
+            line = await self.io.line(idle=False, limit=SASL_LINE_MAX)
+        except LineTooLong:
+            raise PopError("SASL response too long", AUTH) from None
         return line.rstrip(b"\r\n")
 
     async def _logged_in(self, result: AuthResult) -> None:
@@ -520,7 +462,7 @@ class Pop3Session:
                 "expired": opened.expired,
             },
         )
-        self._send(r.ok(f"Logged in, {len(opened.messages)} messages ({total} octets)"))
+        self.io.send(r.ok(f"Logged in, {len(opened.messages)} messages ({total} octets)"))
 
     # -- TRANSACTION ---------------------------------------------------------------------------
 
@@ -530,7 +472,7 @@ class Pop3Session:
 
     async def cmd_stat(self, cmd: p.Stat) -> None:
         live = list(self._drop().live())
-        self._send(r.ok(f"{len(live)} {sum(size for _, _, size in live)}"))
+        self.io.send(r.ok(f"{len(live)} {sum(size for _, _, size in live)}"))
 
     async def cmd_list(self, cmd: p.ListMessages) -> None:
         # Sizes are those stored, which for mail received over SMTP is the exact CRLF form
@@ -538,10 +480,10 @@ class Pop3Session:
         drop = self._drop()
         if cmd.msg is not None:
             _, size = drop.message(cmd.msg)
-            self._send(r.ok(f"{cmd.msg} {size}"))
+            self.io.send(r.ok(f"{cmd.msg} {size}"))
             return
         live = list(drop.live())
-        self._send(
+        self.io.send(
             r.ok(f"{len(live)} messages") + r.multiline(f"{n} {size}" for n, _, size in live)
         )
 
@@ -549,9 +491,9 @@ class Pop3Session:
         drop = self._drop()
         if cmd.msg is not None:
             uid, _ = drop.message(cmd.msg)
-            self._send(r.ok(f"{cmd.msg} {drop.uidl(uid)}"))
+            self.io.send(r.ok(f"{cmd.msg} {drop.uidl(uid)}"))
             return
-        self._send(
+        self.io.send(
             r.ok("Unique-id listing follows")
             + r.multiline(f"{n} {drop.uidl(uid)}" for n, uid, _ in drop.live())
         )
@@ -575,26 +517,26 @@ class Pop3Session:
 
     async def _stream(self, status: str, data: bytes) -> None:
         """+OK and `data` dot-stuffed, written piece by piece with a drain between pieces."""
-        self._send(r.ok(status))
-        await self._flush()
+        self.io.send(r.ok(status))
+        await self.io.flush()
         for piece in r.dot_stuffed(data):
-            self.conn.writer.write(piece)
-            await self._drain()
+            self.io.send(piece)
+            await self.io.flush()
 
     async def cmd_dele(self, cmd: p.Dele) -> None:
         drop = self._drop()
         drop.message(cmd.msg)
         drop.deleted.add(cmd.msg)
-        self._send(r.ok(f"Message {cmd.msg} deleted"))
+        self.io.send(r.ok(f"Message {cmd.msg} deleted"))
 
     async def cmd_rset(self, cmd: p.Rset) -> None:
         drop = self._drop()
         drop.deleted.clear()
         live = list(drop.live())
-        self._send(r.ok(f"{len(live)} messages ({sum(s for _, _, s in live)} octets)"))
+        self.io.send(r.ok(f"{len(live)} messages ({sum(s for _, _, s in live)} octets)"))
 
     async def cmd_noop(self, cmd: p.Noop) -> None:
-        self._send(r.ok("Done"))
+        self.io.send(r.ok("Done"))
 
 
 def _policy_caps(bounds: PopBounds) -> list[str]:

@@ -1,4 +1,5 @@
-"""The `postoffice` command: set up a data folder, manage domains, users and aliases, serve.
+"""The `postoffice` command: set up a data folder, manage domains, users and aliases, serve,
+look after the outbound queue and DKIM keys.
 
 Black-box tests outside this repository depend on the commands and options exactly as they
 are here.  Every error is one line on stderr, `postoffice: error: ...`, with a non-zero exit.
@@ -7,7 +8,9 @@ are here.  Every error is one line on stderr, `postoffice: error: ...`, with a n
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import datetime as dt
 import re
 import secrets
 import shutil
@@ -37,7 +40,9 @@ from postoffice.config import (
 from postoffice.context import open_configured_store
 from postoffice.listeners import ListenError
 from postoffice.log import FORMATS, configure_logging
+from postoffice.queue.dkim import generate_key
 from postoffice.store import Store
+from postoffice.store.api import QueuedMessage
 from postoffice.store.model import PopAccountPolicy, StoreError
 from postoffice.tls import TlsConfigError, generate_self_signed
 
@@ -570,6 +575,169 @@ def status(ctx: click.Context) -> None:
         f" (metadata {counts['db_bytes']}, messages {counts['blob_bytes']})",
     ]
     click.echo("\n".join(lines))
+
+
+# -- outbound queue and DKIM (issue 7) ---------------------------------------------------------
+
+
+@cli.group(no_args_is_help=False)
+def queue() -> None:
+    """Outbound mail waiting for remote delivery."""
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _queue_line(message: QueuedMessage) -> str:
+    states = collections.Counter(r.state.value for r in message.recipients)
+    summary = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+    due = min((r.next_attempt for r in message.recipients), default=message.created)
+    return (
+        f"{message.id}  {message.size}  {_stamp(message.created)}  "
+        f"<{message.envelope.sender}>  {summary}  next {_stamp(due)}"
+    )
+
+
+@queue.command("list")
+@click.pass_context
+def queue_list(ctx: click.Context) -> None:
+    """One message per line: id, size, arrival, sender, recipients by state, next attempt."""
+    messages = _with_store(
+        _data_dir(ctx), lambda store: store.outbound.list(state=None, limit=1_000_000)
+    )
+    for message in messages:
+        click.echo(_queue_line(message))
+
+
+@queue.command("show")
+@click.argument("message_id", type=int)
+@click.pass_context
+def queue_show(ctx: click.Context, message_id: int) -> None:
+    """A queued message's envelope and each recipient's attempts."""
+    message = _with_store(_data_dir(ctx), lambda store: store.outbound.get(message_id))
+    if message is None:
+        raise CliError(f"no queued message {message_id}")
+    envelope = message.envelope
+    lines = [
+        f"id: {message.id}",
+        f"sender: <{envelope.sender}>",
+        f"size: {message.size}",
+        f"arrived: {_stamp(message.created)}",
+        f"session: {message.origin_session}",
+    ]
+    if envelope.envid:
+        lines.append(f"envid: {envelope.envid}")
+    for r in message.recipients:
+        lines.append(
+            f"recipient: <{r.recipient.address}>  {r.state.value}  attempts {r.attempts}"
+            f"  next {_stamp(r.next_attempt)}"
+        )
+        lines.extend(f"  {entry}" for entry in r.log)
+    click.echo("\n".join(lines))
+
+
+def _queue_change(
+    ctx: click.Context, message_id: int, change: Callable[[Store], Awaitable[int]], done: str
+) -> None:
+    async def run(store: Store) -> int | None:
+        if await store.outbound.get(message_id) is None:
+            return None
+        return await change(store)
+
+    count = _with_store(_data_dir(ctx), run)
+    if count is None:
+        raise CliError(f"no queued message {message_id}")
+    click.echo(f"{done} {count} recipient(s) of message {message_id}")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@queue.command("retry")
+@click.argument("message_id", type=int)
+@click.pass_context
+def queue_retry(ctx: click.Context, message_id: int) -> None:
+    """Make a message's pending recipients due now."""
+    _queue_change(
+        ctx, message_id, lambda store: store.outbound.retry_now(message_id, _now()), "retrying"
+    )
+
+
+@queue.command("hold")
+@click.argument("message_id", type=int)
+@click.pass_context
+def queue_hold(ctx: click.Context, message_id: int) -> None:
+    """Keep a message from being delivered until it is released."""
+    _queue_change(ctx, message_id, lambda store: store.outbound.hold(message_id), "held")
+
+
+@queue.command("release")
+@click.argument("message_id", type=int)
+@click.pass_context
+def queue_release(ctx: click.Context, message_id: int) -> None:
+    """Let a held message be delivered again, now."""
+    _queue_change(
+        ctx, message_id, lambda store: store.outbound.release(message_id, _now()), "released"
+    )
+
+
+@queue.command("remove")
+@click.argument("message_id", type=int)
+@click.pass_context
+def queue_remove(ctx: click.Context, message_id: int) -> None:
+    """Delete a message from the queue without a bounce."""
+    if not _with_store(_data_dir(ctx), lambda store: store.outbound.remove(message_id)):
+        raise CliError(f"no queued message {message_id}")
+    click.echo(f"removed message {message_id}")
+
+
+@queue.command("flush")
+@click.pass_context
+def queue_flush(ctx: click.Context) -> None:
+    """Make every pending recipient due now; the running server tries them at once."""
+    count = _with_store(_data_dir(ctx), lambda store: store.outbound.retry_now(None, _now()))
+    click.echo(f"retrying {count} recipient(s)")
+
+
+@cli.group(no_args_is_help=False)
+def dkim() -> None:
+    """DKIM signing keys for outbound mail."""
+
+
+def _txt_strings(value: str) -> str:
+    # RFC 1035 §3.3: one character-string holds at most 255 octets; a 2048-bit RSA key
+    # needs two, which DNS joins back together (RFC 6376 §3.6.2.2).
+    parts = [value[i : i + 255] for i in range(0, len(value), 255)]
+    return " ".join(f'"{part}"' for part in parts)
+
+
+@dkim.command("generate")
+@click.argument("domain_name", metavar="DOMAIN")
+@click.option("--selector", default="mail", show_default=True, help="DKIM selector (s=).")
+@click.option(
+    "--algorithm",
+    type=click.Choice(["rsa", "ed25519"]),
+    default="rsa",
+    show_default=True,
+    help="rsa (2048 bits) is verified everywhere; ed25519 (RFC 8463) not yet by all.",
+)
+@click.pass_context
+def dkim_generate(ctx: click.Context, domain_name: str, selector: str, algorithm: str) -> None:
+    """Create a signing key for DOMAIN and print the DNS TXT record to publish."""
+    data = _data_dir(ctx)
+    name = normalise_domain(domain_name)
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", selector.lower()):
+        raise CliError(f"invalid selector {selector!r}: one DNS label, letters, digits and -")
+    _with_store(data, lambda store: _require_domain(store, name))
+    try:
+        record = generate_key(
+            data, name, selector.lower(), "ed25519" if algorithm == "ed25519" else "rsa"
+        )
+    except FileExistsError:
+        raise CliError(f"a key for {name} with selector {selector} exists already") from None
+    click.echo(f"{selector.lower()}._domainkey.{name}. IN TXT ( {_txt_strings(record)} )")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

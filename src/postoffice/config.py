@@ -531,6 +531,168 @@ class SmtpConfig:
     )
 
 
+_DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE: Final = re.compile(r"(\d+)\s*([smhd]?)")
+
+
+def parse_duration(value: object) -> int:
+    """Seconds from an integer or a string like "90", "5m", "4h", "5d".
+
+    Raises ValueError with a message fit to show a user.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value.strip().lower())
+        if match:
+            return int(match[1]) * _DURATION_UNITS[match[2] or "s"]
+    raise ValueError(f"invalid duration {value!r}: use seconds or a number with s, m, h or d")
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest exact form parse_duration reads back ("4h" for 14400)."""
+    for unit in ("d", "h", "m"):
+        factor = _DURATION_UNITS[unit]
+        if seconds and seconds % factor == 0:
+            return f"{seconds // factor}{unit}"
+    return f"{seconds}s"
+
+
+def _duration(value: Any) -> int:
+    return parse_duration(value)
+
+
+def _render_duration(value: int) -> str:
+    return _toml(format_duration(value))
+
+
+def _durations(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'expected a list of durations like ["1m", "5m"], got {_describe(value)}')
+    delays = tuple(parse_duration(v) for v in value)
+    if any(d == 0 for d in delays):
+        raise ValueError("a retry delay must be more than 0")
+    return delays
+
+
+def _render_durations(value: tuple[int, ...]) -> str:
+    return _toml(tuple(format_duration(v) for v in value))
+
+
+def _host_port(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'expected "HOST:PORT" or "", got {_describe(value)}')
+    if value and parse_listen_address(value, allow_unix=False) is None:
+        raise ValueError('expected "HOST:PORT" or ""')
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _relay_host(value: Any) -> str:
+    return "" if value == "" else parse_hostname(value)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """Outbound delivery: the queue worker that sends mail for remote recipients."""
+
+    resolver: str = field(
+        default="",
+        metadata=_about(
+            'DNS server for MX lookups as "HOST:PORT"; "" uses the system resolver.', _host_port
+        ),
+    )
+    smtp_port: int = field(
+        default=25,
+        metadata=_about("Port of remote mail servers found by MX (RFC 5321: 25).", _int(1, 65535)),
+    )
+    retry_schedule: tuple[int, ...] = field(
+        default=(60, 300, 900, 1800, 3600, 7200, 14400),
+        metadata=_about(
+            "Waits between attempts after a temporary failure; the last one repeats.",
+            _durations,
+            _render_durations,
+        ),
+    )
+    give_up_after: int = field(
+        default=5 * 86400,
+        metadata=_about(
+            "Age at which a message still undelivered is bounced.", _duration, _render_duration
+        ),
+    )
+    delay_warning_after: int = field(
+        default=4 * 3600,
+        metadata=_about(
+            'Age at which the sender is told of a delay once ("0s": never).',
+            _duration,
+            _render_duration,
+        ),
+    )
+    connections_per_domain: int = field(
+        default=4,
+        metadata=_about("Most connections open at once to one destination domain.", _int(1, 1000)),
+    )
+    max_connections_out: int = field(
+        default=64,
+        metadata=_about("Most outbound SMTP connections open at once.", _int(1, 100_000)),
+    )
+    messages_per_connection: int = field(
+        default=100,
+        metadata=_about("Messages sent over one connection before it is closed.", _int(1, 100_000)),
+    )
+    connect_timeout_seconds: float = field(
+        default=30.0,
+        metadata=_about("Seconds to wait for a remote server to connect and greet.", _seconds),
+    )
+    command_timeout_seconds: float = field(
+        default=300.0,
+        metadata=_about(
+            "Seconds to wait for any reply (RFC 5321 §4.5.3.2: 5 min, 10 after DATA).", _seconds
+        ),
+    )
+    poll_seconds: float = field(
+        default=5.0,
+        metadata=_about("Seconds between looks at the queue for mail that is due.", _seconds),
+    )
+
+    def __post_init__(self) -> None:
+        if self.poll_seconds == 0:
+            raise SettingError("poll_seconds", "must be more than 0")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """A smarthost: when host is set, all outbound mail goes to it instead of MX delivery."""
+
+    host: str = field(
+        default="",
+        metadata=_about('Relay host name or address; "" delivers by MX.', _relay_host),
+    )
+    port: int = field(
+        default=587, metadata=_about("Relay port (587 submission, 465 TLS, 25).", _int(1, 65535))
+    )
+    tls: str = field(
+        default="starttls",
+        metadata=_about(
+            'Relay TLS: "starttls" (required), "tls" (implicit) or "none".',
+            _choice("starttls", "tls", "none"),
+        ),
+    )
+    username: str = field(
+        default="", metadata=_about('Relay login ("" sends without AUTH).', _text)
+    )
+    password: str = field(default="", metadata=_about("Relay password for username.", _text))
+
+    def __post_init__(self) -> None:
+        if self.username and not self.password:
+            raise SettingError("password", "is needed when username is set")
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     """Log lines on stderr."""
@@ -561,6 +723,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def enabled_listeners(self) -> list[ListenerConfig]:

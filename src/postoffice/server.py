@@ -26,6 +26,7 @@ from postoffice.imap.handler import IMAP_LISTENERS, imap_handlers
 from postoffice.listeners import BoundListener, ListenerGroup, ProtocolRegistry, bind
 from postoffice.log import BoundLogger, get_logger
 from postoffice.pop3 import POP3_LISTENERS, Pop3Handler
+from postoffice.queue.worker import serve_queue
 from postoffice.smtp import SMTP_LISTENERS, smtp_handler
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -109,6 +110,8 @@ class _Worker:
                 assert factory is not None  # serve() bound only registered listeners
                 handlers.append((b, factory(ctx, b.listener)))
             await group.start(handlers)
+            # Outbound delivery runs in whichever serving process holds the queue lock.
+            queue = asyncio.create_task(serve_queue(ctx, stop))
             if ready_fd is None:
                 log.info("ready")
             else:
@@ -118,6 +121,7 @@ class _Worker:
             await stop.wait()
             log.info("stopping")
             await group.stop(self.config.server.shutdown_grace_seconds, force)
+            await queue
         finally:
             await ctx.close()
         log.info("stopped")

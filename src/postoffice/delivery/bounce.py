@@ -2,7 +2,8 @@
 
 SMTP answers once per message: when a message is accepted for some recipients and not
 others, the others must hear of it by mail (RFC 5321 §3.3, §6.1), or their copies would be
-lost silently.  Bounces go out with the null sender, so a bounce is never bounced.
+lost silently.  The outbound queue sends the same reports for remote failures, expiry and
+delays (`build_report`).  Bounces go out with the null sender, so a bounce is never bounced.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import datetime as dt
 import email.utils
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from postoffice.delivery.model import Envelope, Outcome, Recipient, Verdict
 
@@ -29,6 +32,17 @@ _STATUS: dict[Outcome, str] = {
 _RETURN_MAX = 64 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class RecipientReport:
+    """One recipient's per-recipient fields in a delivery status notification (RFC 3464 §2.3)."""
+
+    recipient: Recipient
+    action: Literal["failed", "delayed"]
+    status: str  # RFC 3463 enhanced code, e.g. "5.1.1"
+    diagnostic: str  # the reply or reason, one line, without the "smtp; " type
+    remote_mta: str | None = None  # the host that gave the reply, when one did
+
+
 def build_bounce(
     hostname: str,
     envelope: Envelope,
@@ -37,38 +51,66 @@ def build_bounce(
     arrival: dt.datetime,
 ) -> bytes:
     """The multipart/report (RFC 6522) to `envelope.sender` naming each failed recipient."""
+    reports = []
+    for recipient, verdict in failed:
+        status = _STATUS.get(verdict.outcome, "5.0.0")
+        reports.append(RecipientReport(recipient, "failed", status, f"{status} {_detail(verdict)}"))
+    return build_report(hostname, envelope, raw, reports, arrival)
+
+
+def build_report(
+    hostname: str,
+    envelope: Envelope,
+    raw: bytes,
+    reports: Sequence[RecipientReport],
+    arrival: dt.datetime,
+) -> bytes:
+    """A multipart/report (RFC 6522) to `envelope.sender`: a bounce when every report is
+    "failed", a delay warning when they are "delayed" (RFC 3464 §2.3.3)."""
+    delayed = all(r.action == "delayed" for r in reports)
     boundary = f"=_{secrets.token_hex(16)}"
     explanation = [
         f"This is the mail system at {hostname}.",
         "",
-        "Your message could not be delivered to the following recipients:",
+        (
+            "Your message has not been delivered yet to the following recipients; "
+            "delivery will be retried, there is nothing you need to do:"
+            if delayed
+            else "Your message could not be delivered to the following recipients:"
+        ),
         "",
-        *(f"  <{r.address}>: {_detail(v)}" for r, v in failed),
+        *(f"  <{r.recipient.address}>: {_line(r.diagnostic)}" for r in reports),
     ]
     per_message = [f"Reporting-MTA: dns; {hostname}"]
     if envelope.envid:
         per_message.append(f"Original-Envelope-Id: {envelope.envid}")
     per_message.append(f"Arrival-Date: {email.utils.format_datetime(arrival)}")
     blocks = ["\r\n".join(per_message)]
-    for recipient, verdict in failed:
-        status = _STATUS.get(verdict.outcome, "5.0.0")
+    for report in reports:
+        recipient = report.recipient
         fields = [f"Original-Recipient: {recipient.orcpt}"] if recipient.orcpt else []
         fields += [
             f"Final-Recipient: rfc822; {recipient.address}",
-            "Action: failed",
-            f"Status: {status}",
-            f"Diagnostic-Code: smtp; {status} {_detail(verdict)}",
+            f"Action: {report.action}",
+            f"Status: {report.status}",
         ]
+        if report.remote_mta:
+            fields.append(f"Remote-MTA: dns; {report.remote_mta}")
+        fields.append(f"Diagnostic-Code: smtp; {_line(report.diagnostic)}")
         blocks.append("\r\n".join(fields))
     header_end = raw.find(b"\r\n\r\n")
-    # RFC 3461 §4.3: RET=HDRS returns the header only; so do we for a large message.
-    headers_only = header_end >= 0 and (envelope.ret == "HDRS" or len(raw) > _RETURN_MAX)
+    # RFC 3461 §4.3: RET=HDRS returns the header only; so do we for a large message, and
+    # a delay warning never returns the whole message (RFC 3464 §4 leaves it to us).
+    headers_only = header_end >= 0 and (envelope.ret == "HDRS" or len(raw) > _RETURN_MAX or delayed)
     returned = raw[: header_end + 2] if headers_only else raw
     returned_type = "text/rfc822-headers" if headers_only else "message/rfc822"
+    subject = (
+        "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
+    )
     head = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{envelope.sender}>",
-        "Subject: Undelivered Mail Returned to Sender",
+        f"Subject: {subject}",
         f"Date: {email.utils.format_datetime(dt.datetime.now(dt.UTC))}",
         f"Message-ID: {email.utils.make_msgid(domain=hostname)}",
         "Auto-Submitted: auto-replied",  # RFC 3834 §5: no auto-reply to this
@@ -99,6 +141,10 @@ def build_bounce(
     return b"\r\n".join(parts)
 
 
+def _line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _detail(verdict: Verdict) -> str:
     # Header and report lines must stay single lines, whatever a detail text holds.
-    return " ".join((verdict.detail or verdict.outcome.value).split())
+    return _line(verdict.detail or verdict.outcome.value)

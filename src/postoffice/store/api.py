@@ -61,6 +61,7 @@ class QueuedRecipient:
     attempts: int
     last_error: str | None
     log: tuple[str, ...]  # one line per attempt, oldest first
+    warned: bool = False  # the sender was told of the delay (RFC 3464 Action: delayed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,16 @@ class QueuedMessage:
     origin_session: str  # the session that handed it over, to find it in the logs
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one delivery attempt did for one recipient, as the queue worker records it."""
+
+    recipient_id: int
+    state: QueueState  # DELIVERED, FAILED, or PENDING to try again at next_attempt
+    detail: str  # the remote reply or our reason, one line
+    next_attempt: dt.datetime | None = None  # PENDING only
+
+
 class OutboundQueue(Protocol):
     """The durable outbound queue (DESIGN §5): messages waiting for remote delivery."""
 
@@ -82,9 +93,11 @@ class OutboundQueue(Protocol):
         envelope: Envelope,
         recipients: Sequence[Recipient],
         origin_session: str,
+        now: dt.datetime | None = None,
     ) -> int:
-        """Queue `raw` for `recipients` (envelope.recipients is not used); the id returned
-        is durable (committed and fsync'd) by the time this returns."""
+        """Queue `raw` for `recipients` (envelope.recipients is not used), due at `now`
+        (None: the wall clock); the id returned is durable (committed and fsync'd) by the
+        time this returns."""
         ...
 
     async def list(
@@ -100,6 +113,36 @@ class OutboundQueue(Protocol):
 
     async def get(self, message_id: int) -> QueuedMessage | None: ...
     async def read(self, message_id: int) -> bytes | None: ...
+
+    async def record(
+        self, message_id: int, results: Sequence[AttemptResult], now: dt.datetime
+    ) -> None:
+        """One attempt's outcome for some recipients of a message, in one transaction: each
+        gets its new state, one more attempt, a log line and `last_error`.  A message with
+        no recipient left pending or held is removed from the queue in the same transaction."""
+        ...
+
+    async def mark_warned(self, recipient_ids: Sequence[int]) -> None:
+        """Remember that a delay warning went out for these recipients."""
+        ...
+
+    async def hold(self, message_id: int) -> int:
+        """Pending recipients become held; how many."""
+        ...
+
+    async def release(self, message_id: int, now: dt.datetime) -> int:
+        """Held recipients become pending, due at `now`; how many."""
+        ...
+
+    async def retry_now(self, message_id: int | None, now: dt.datetime) -> int:
+        """Pending recipients of the message (None: of every message) become due at `now`;
+        how many."""
+        ...
+
+    async def remove(self, message_id: int) -> bool:
+        """Drop a message from the queue, whatever its recipients' states; whether it was
+        there.  No bounce is sent: this is the admin's decision."""
+        ...
 
 
 class Store(Protocol):

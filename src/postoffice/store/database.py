@@ -216,6 +216,7 @@ _ADDED_COLUMNS = (
     ("accounts", "pop_apop_secret", "TEXT"),
     ("accounts", "pop_last_login", "INTEGER"),
     ("entries", "pop_retrieved", "INTEGER"),
+    ("queue_recipients", "warned", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 

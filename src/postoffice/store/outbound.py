@@ -3,7 +3,9 @@
 A queued message is one `queue_messages` row (content inline when small, else a blob file,
 exactly as `messages` does) and one `queue_recipients` row per recipient, which the queue
 worker moves through pending → delivered | failed (or held).  Enqueueing goes through the
-group commit like every other write, so it costs no fsync of its own when small.
+group commit like every other write, so it costs no fsync of its own when small.  Once no
+recipient is pending or held the message leaves the queue in the transaction that recorded
+its last result; its blob file is then the sweeper's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
-from postoffice.store.api import QueuedMessage, QueuedRecipient, QueueState
+from postoffice.store.api import AttemptResult, QueuedMessage, QueuedRecipient, QueueState
 from postoffice.store.blobs import FileBlobStore, hash_off_loop
 from postoffice.store.database import Database, Emit
 from postoffice.store.model import Envelope, Recipient, StoreError
@@ -26,7 +28,7 @@ from postoffice.store.model import Envelope, Recipient, StoreError
 _ENQUEUE_ATTEMPTS: Final = 3
 _MESSAGE_COLUMNS: Final = "id, size, sender, envid, ret, body, smtputf8, origin_session, created"
 _RECIPIENT_COLUMNS: Final = (
-    "id, message_id, address, notify, orcpt, state, next_attempt, attempts, last_error, log"
+    "id, message_id, address, notify, orcpt, state, next_attempt, attempts, last_error, log, warned"
 )
 
 Row = tuple[Any, ...]
@@ -84,6 +86,7 @@ def _recipient(row: Row) -> QueuedRecipient:
         attempts=int(row[7]),
         last_error=row[8],
         log=tuple(json.loads(row[9])),
+        warned=bool(row[10]),
     )
 
 
@@ -140,6 +143,7 @@ class SqliteOutbound:
         envelope: Envelope,
         recipients: Sequence[Recipient],
         origin_session: str,
+        now: dt.datetime | None = None,
     ) -> int:
         if not recipients:
             raise StoreError("a queued message needs at least one recipient")
@@ -156,6 +160,7 @@ class SqliteOutbound:
             envelope=envelope,
             recipients=tuple(recipients),
             origin_session=origin_session,
+            now=int(now.timestamp()) if now is not None else int(time.time()),
         )
         for _attempt in range(_ENQUEUE_ATTEMPTS):
             try:
@@ -175,12 +180,12 @@ class SqliteOutbound:
         envelope: Envelope,
         recipients: tuple[Recipient, ...],
         origin_session: str,
+        now: int,
     ) -> int:
         # The sweeper unlinks files on this same thread: a file seen here stays until
         # this transaction has committed the row that protects it.
         if not inline and not self.blobs.exists(sha256):
             raise _BlobGone
-        now = int(time.time())
         cursor = conn.execute(
             "INSERT INTO queue_messages(sha256, content, size, sender, envid, ret, body, "
             "smtputf8, origin_session, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -255,3 +260,96 @@ class SqliteOutbound:
         if content is not None:
             return bytes(content)
         return await asyncio.to_thread(self.blobs.get, sha256)
+
+    async def record(
+        self, message_id: int, results: Sequence[AttemptResult], now: dt.datetime
+    ) -> None:
+        when = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        def op(conn: sqlite3.Connection, emit: Emit) -> None:
+            for result in results:
+                row = conn.execute(
+                    "SELECT log, next_attempt FROM queue_recipients "
+                    "WHERE id = ? AND message_id = ?",
+                    (result.recipient_id, message_id),
+                ).fetchone()
+                if row is None:  # removed by the admin while the attempt ran
+                    continue
+                log = [*json.loads(row[0]), f"{when} {result.state.value}: {result.detail}"]
+                due = (
+                    int(result.next_attempt.timestamp())
+                    if result.next_attempt is not None
+                    else int(row[1])
+                )
+                conn.execute(
+                    "UPDATE queue_recipients SET state = ?, next_attempt = ?, "
+                    "attempts = attempts + 1, last_error = ?, log = ? WHERE id = ?",
+                    (
+                        result.state.value,
+                        due,
+                        None if result.state is QueueState.DELIVERED else result.detail,
+                        json.dumps(log),
+                        result.recipient_id,
+                    ),
+                )
+            _drop_if_done(conn, message_id)
+
+        await self.db.write(op)
+
+    async def mark_warned(self, recipient_ids: Sequence[int]) -> None:
+        def op(conn: sqlite3.Connection, emit: Emit) -> None:
+            conn.executemany(
+                "UPDATE queue_recipients SET warned = 1 WHERE id = ?",
+                [(r,) for r in recipient_ids],
+            )
+
+        await self.db.write(op)
+
+    async def hold(self, message_id: int) -> int:
+        return await self._set_state(message_id, QueueState.PENDING, QueueState.HELD, None)
+
+    async def release(self, message_id: int, now: dt.datetime) -> int:
+        return await self._set_state(message_id, QueueState.HELD, QueueState.PENDING, now)
+
+    async def retry_now(self, message_id: int | None, now: dt.datetime) -> int:
+        return await self._set_state(message_id, QueueState.PENDING, QueueState.PENDING, now)
+
+    async def _set_state(
+        self,
+        message_id: int | None,
+        old: QueueState,
+        new: QueueState,
+        due: dt.datetime | None,
+    ) -> int:
+        stamp = int(due.timestamp()) if due is not None else None
+
+        def op(conn: sqlite3.Connection, emit: Emit) -> int:
+            cursor = conn.execute(
+                "UPDATE queue_recipients SET state = ?1, "
+                "next_attempt = coalesce(?2, next_attempt) "
+                "WHERE state = ?3 AND (?4 IS NULL OR message_id = ?4)",
+                (new.value, stamp, old.value, message_id),
+            )
+            return cursor.rowcount
+
+        return await self.db.write(op)
+
+    async def remove(self, message_id: int) -> bool:
+        def op(conn: sqlite3.Connection, emit: Emit) -> bool:
+            conn.execute("DELETE FROM queue_recipients WHERE message_id = ?", (message_id,))
+            cursor = conn.execute("DELETE FROM queue_messages WHERE id = ?", (message_id,))
+            return cursor.rowcount > 0
+
+        return await self.db.write(op)
+
+
+def _drop_if_done(conn: sqlite3.Connection, message_id: int) -> None:
+    """Remove a message none of whose recipients is waiting any more."""
+    waiting = conn.execute(
+        "SELECT 1 FROM queue_recipients WHERE message_id = ? AND state IN ('pending', 'held') "
+        "LIMIT 1",
+        (message_id,),
+    ).fetchone()
+    if waiting is None:
+        conn.execute("DELETE FROM queue_recipients WHERE message_id = ?", (message_id,))
+        conn.execute("DELETE FROM queue_messages WHERE id = ?", (message_id,))

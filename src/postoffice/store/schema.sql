@@ -159,7 +159,8 @@ CREATE TABLE IF NOT EXISTS queue_recipients (
     next_attempt INTEGER NOT NULL,     -- unix seconds
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    log TEXT NOT NULL DEFAULT '[]'     -- JSON array: one line per attempt
+    log TEXT NOT NULL DEFAULT '[]',    -- JSON array: one line per attempt
+    warned INTEGER NOT NULL DEFAULT 0  -- a delay warning went out (RFC 3464 Action: delayed)
 );
 
 CREATE INDEX IF NOT EXISTS queue_recipients_due ON queue_recipients (state, next_attempt);

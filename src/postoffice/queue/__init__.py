@@ -1,0 +1,1 @@
+"""Outbound delivery (DESIGN §5): the worker that empties the durable queue in the store."""

@@ -117,6 +117,33 @@ def data_dir(cli: Cli, _initialised_template: Path) -> Path:
     return cli.data
 
 
+# -- the benchmarks' --quick form ----------------------------------------------------------------
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCH_ROW = re.compile(r"^(.*\S)\s+(\d+\.\d)\s+(\S+)$")
+
+
+def run_quick_bench(script: str) -> list[tuple[str, float, str]]:
+    """Run `bench/<script> --quick`; its table as (row name, value, unit), every value > 0.
+
+    No timing is asserted by the callers (numbers belong in docs/performance.md); the rows
+    are, so that a workload silently dropped from a benchmark fails its smoke test.
+    """
+    result = subprocess.run(
+        [sys.executable, str(BENCH_DIR / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [BENCH_ROW.match(line) for line in result.stdout.splitlines()]
+    assert all(rows), result.stdout
+    table = [(m[1], float(m[2]), m[3]) for m in rows if m]
+    assert all(value > 0 for _, value, _ in table), result.stdout
+    return table
+
+
 # -- a running `serve` ----------------------------------------------------------------------------
 
 LISTENING = re.compile(r"listener (\S+) (\S+): listening")

@@ -136,6 +136,24 @@ class Authenticator:
         log.debug("login ok for %s from %s in %.3fs", address, ip, self._clock() - started)
         return AuthSuccess(credentials.account_id, credentials.address)
 
+    async def authenticate_with(
+        self,
+        address: str,
+        ip: str,
+        check: Callable[[], Awaitable[AuthSuccess | None]],
+        method: str,
+    ) -> AuthSuccess | AuthFailure | AuthThrottled:
+        """A protocol's own credential check (POP3 APOP) under the same throttle and logging
+        as every other login; `check` returns None when the credentials do not match."""
+        throttled = await self._wait_turn(ip, address)
+        if throttled is not None:
+            return throttled
+        success = await check()
+        if success is None:
+            return self._failed(ip, address, f"{method} mismatch")
+        self._throttle.record_success(ip, address)
+        return success
+
     async def run_sasl(
         self,
         mechanism: str,

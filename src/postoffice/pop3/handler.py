@@ -43,9 +43,7 @@ class Pop3Handler:
 
     async def handle(self, conn: Connection) -> None:
         ctx = self.ctx
-        session = Pop3Session(
-            conn, self.policy, ctx.store, ctx.authenticator, ctx.throttle, ctx.tls, ctx.clock
-        )
+        session = Pop3Session(conn, self.policy, ctx.store, ctx.authenticator, ctx.tls, ctx.clock)
         self.sessions.add(session, conn.stopping)
         await session.run()
 

@@ -13,7 +13,6 @@ needs is one table, `_NEEDS`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -30,7 +29,6 @@ from postoffice import __version__
 from postoffice.auth.authenticator import (
     AuthCancelled,
     Authenticator,
-    AuthFailure,
     AuthMalformed,
     AuthResult,
     AuthSuccess,
@@ -38,7 +36,6 @@ from postoffice.auth.authenticator import (
     AuthUnsupported,
     mechanisms_offered,
 )
-from postoffice.auth.throttle import LoginThrottle
 from postoffice.channel import (
     Channel,
     Hangup,
@@ -165,7 +162,6 @@ class Pop3Session:
         policy: Pop3Policy,
         store: Store,
         authenticator: Authenticator,
-        throttle: LoginThrottle,
         tls: ssl.SSLContext,
         clock: Clock,
     ) -> None:
@@ -173,7 +169,6 @@ class Pop3Session:
         self.policy = policy
         self.store = store
         self.authenticator = authenticator
-        self.throttle = throttle
         self.tls = tls
         self.clock = clock
         self.drop: Maildrop | None = None
@@ -370,26 +365,22 @@ class Pop3Session:
     async def cmd_apop(self, cmd: p.Apop) -> None:
         if not self._secure_enough():
             raise PopError("APOP disallowed without TLS", AUTH)
-        ip = self.conn.peer
-        decision = self.throttle.check(ip, cmd.name)
-        if not decision.allowed:
-            await self._logged_in(AuthThrottled(decision.retry_after))
-            return
-        if decision.delay > 0:
-            await asyncio.sleep(decision.delay)
-        account = await self.store.get_pop_policy(cmd.name)
-        secret = account.apop_secret if account is not None else None
-        # RFC 1939 §7: MD5 of the greeting's timestamp followed by the shared secret.
-        expected = hashlib.md5(
-            (self.timestamp + (secret or secrets.token_hex(16))).encode(), usedforsecurity=False
-        ).hexdigest()
-        if account is None or secret is None or not hmac.compare_digest(expected, cmd.digest):
-            self.throttle.record_failure(ip, cmd.name)
-            self.conn.log.info("login failed for %s from %s: APOP", cmd.name, ip)
-            await self._logged_in(AuthFailure("APOP digest mismatch"))
-            return
-        self.throttle.record_success(ip, cmd.name)
-        await self._logged_in(AuthSuccess(account.account_id, account.address))
+
+        async def check() -> AuthSuccess | None:
+            account = await self.store.get_pop_policy(cmd.name)
+            secret = account.apop_secret if account is not None else None
+            # RFC 1939 §7: MD5 of the greeting's timestamp followed by the shared secret; an
+            # account without one is compared against a random secret, in the same time.
+            expected = hashlib.md5(
+                (self.timestamp + (secret or secrets.token_hex(16))).encode(),
+                usedforsecurity=False,
+            ).hexdigest()
+            if account is None or secret is None or not hmac.compare_digest(expected, cmd.digest):
+                return None
+            return AuthSuccess(account.account_id, account.address)
+
+        result = await self.authenticator.authenticate_with(cmd.name, self.conn.peer, check, "APOP")
+        await self._logged_in(result)
 
     async def cmd_auth(self, cmd: p.Auth) -> None:
         if cmd.mechanism is None:

@@ -28,7 +28,7 @@ import pytest
 import scramp
 
 from conftest import Cli, ServeProcess, StartServe
-from postoffice.pop3.lock import MaildropLock
+from postoffice.locks import maildrop_lock
 from postoffice.store import open_store
 from postoffice.store.events import Expunged
 from postoffice.store.model import (
@@ -520,7 +520,7 @@ def test_second_session_gets_in_use(pop: PopServer) -> None:
 
 def test_lock_holds_across_processes(pop: PopServer, data_dir: Path) -> None:
     account_id = 1  # Bob, the first account added
-    lock = MaildropLock.acquire(data_dir, account_id)
+    lock = maildrop_lock(data_dir, account_id)
     assert lock is not None
     try:
         raw = pop.raw()
@@ -530,7 +530,7 @@ def test_lock_holds_across_processes(pop: PopServer, data_dir: Path) -> None:
         lock.release()
     assert raw.command(f"USER {BOB}").startswith(b"+OK")
     assert raw.command(f"PASS {PASSWORD}").startswith(b"+OK")
-    assert MaildropLock.acquire(data_dir, account_id) is None
+    assert maildrop_lock(data_dir, account_id) is None
 
 
 def test_login_delay(pop: PopServer) -> None:

@@ -24,8 +24,9 @@ from outbound_helpers import (
 from postoffice.config import RelayConfig
 from postoffice.delivery.model import Envelope, Origin, Recipient
 from postoffice.delivery.pipeline import Delivery
+from postoffice.locks import queue_lock
 from postoffice.queue.mx import MxResolver, SystemResolverRefused
-from postoffice.queue.worker import QueueLock, QueueWorker
+from postoffice.queue.worker import QueueWorker
 from postoffice.store.api import QueueState
 
 
@@ -323,11 +324,11 @@ async def test_smarthost_replaces_mx_lookup(tmp_path: Path) -> None:
 
 
 def test_the_queue_lock_admits_one_process(tmp_path: Path) -> None:
-    first = QueueLock.acquire(tmp_path)
+    first = queue_lock(tmp_path)
     assert first is not None
-    assert QueueLock.acquire(tmp_path) is None
+    assert queue_lock(tmp_path) is None
     first.release()
-    again = QueueLock.acquire(tmp_path)
+    again = queue_lock(tmp_path)
     assert again is not None
     again.release()
 

@@ -47,9 +47,9 @@ from postoffice.channel import (
 from postoffice.config import Network
 from postoffice.context import Clock
 from postoffice.listeners import Connection
+from postoffice.locks import FileLock, maildrop_lock
 from postoffice.pop3 import parser as p
 from postoffice.pop3 import responses as r
-from postoffice.pop3.lock import MaildropLock
 from postoffice.store.api import Store
 from postoffice.store.model import (
     PopAccountPolicy,
@@ -131,7 +131,7 @@ class Maildrop:
 
     user: AuthSuccess
     policy: PopAccountPolicy
-    lock: MaildropLock
+    lock: FileLock
     snapshot: PopMaildrop
     deleted: set[int] = field(default_factory=set)  # message numbers
     retrieved: set[int] = field(default_factory=set)
@@ -430,7 +430,7 @@ class Pop3Session:
         account = await self.store.get_pop_policy(user.address)
         if account is None or not account.enabled:
             raise PopError("POP3 access is disabled for this account", AUTH)
-        lock = MaildropLock.acquire(self.policy.data_dir, user.account_id)
+        lock = maildrop_lock(self.policy.data_dir, user.account_id)
         if lock is None:
             raise PopError("Maildrop is in use by another session", IN_USE)
         try:

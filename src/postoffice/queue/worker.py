@@ -23,19 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import fcntl
-import os
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from postoffice.context import Context
 from postoffice.delivery import bounce
 from postoffice.delivery.model import Envelope, Origin, Recipient
 from postoffice.delivery.pipeline import Delivery
+from postoffice.locks import queue_lock
 from postoffice.queue import dkim
 from postoffice.queue.client import (
     Reply,
@@ -50,32 +48,6 @@ from postoffice.store.api import AttemptResult, QueuedMessage, QueuedRecipient, 
 
 _BATCH: Final = 1000  # messages looked at per poll
 _RELAY: Final = ""  # the one destination key when a smarthost is set
-
-
-class QueueLock:
-    """The flock on DATA/locks/queue: held by the one process that runs the queue.  The
-    kernel drops it with the process, however it ends (see pop3/lock.py)."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    @classmethod
-    def acquire(cls, data_dir: Path) -> QueueLock | None:
-        folder = data_dir / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / "queue", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(fd)
-
-    def release(self) -> None:
-        os.close(self._fd)
 
 
 # Reads a queued message once: (the bytes as queued, the bytes as sent, DKIM-signed), or
@@ -489,13 +461,13 @@ def _age(message: QueuedMessage, now: dt.datetime) -> str:
 async def serve_queue(ctx: Context, stop: asyncio.Event) -> None:
     """Run the queue in this serving process while it holds the queue lock, until `stop`."""
     log = ctx.logger("queue")
-    lock = QueueLock.acquire(ctx.data_dir)
+    lock = queue_lock(ctx.data_dir)
     while lock is None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), ctx.config.queue.poll_seconds)
         if stop.is_set():
             return
-        lock = QueueLock.acquire(ctx.data_dir)
+        lock = queue_lock(ctx.data_dir)
     try:
         try:
             worker = QueueWorker(ctx)

@@ -5,8 +5,8 @@ Hand-written: there is no maintained Python POP3 server library (poplib is a cli
 Twisted's `twisted.mail.pop3` is callback-based, knows neither RFC 2449 response codes nor
 SASL through our authenticator).  The layers follow DESIGN §9: `parser.py` (pure: a command
 line → a typed command), `responses.py` (pure: dot-stuffing, TOP, capability lines),
-`session.py` (the state machine, one `cmd_<verb>` per command), `lock.py` (the maildrop lock
-shared by worker processes) and `handler.py` (the listener-layer entry).
+`session.py` (the state machine, one `cmd_<verb>` per command; the maildrop lock is
+`postoffice.locks`) and `handler.py` (the listener-layer entry).
 """
 
 from postoffice.pop3.handler import POP3_LISTENERS, Pop3Handler

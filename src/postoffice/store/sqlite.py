@@ -145,8 +145,19 @@ def _keywords_text(keywords: Iterable[str]) -> str | None:
     return joined or None
 
 
+# Per-row constructors a big FETCH calls 100,000 times over a handful of distinct values.
+@functools.lru_cache(maxsize=256)
+def _zone(minutes: int) -> dt.timezone:
+    return dt.timezone(dt.timedelta(minutes=minutes))
+
+
+@functools.lru_cache(maxsize=64)
+def _flags(bits: int) -> Flag:
+    return Flag(bits)
+
+
 def _entry(row: Row, what: FetchWhat) -> Entry:
-    tz = dt.timezone(dt.timedelta(minutes=int(row[5])))
+    tz = _zone(int(row[5]))
     extra = row[9:]
     envelope = body = bodystructure = None
     parts = None
@@ -163,7 +174,7 @@ def _entry(row: Row, what: FetchWhat) -> Entry:
     return Entry(
         uid=int(row[0]),
         modseq=int(row[1]),
-        flags=Flag(int(row[2])),
+        flags=_flags(int(row[2])),
         keywords=_keywords(row[3]),
         internaldate=dt.datetime.fromtimestamp(int(row[4]), tz),
         size=int(row[6]),

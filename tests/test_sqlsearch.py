@@ -36,7 +36,12 @@ from postoffice.store.search import (
     Text,
     Uids,
 )
-from postoffice.store.sqlsearch import compile_search, index_message_text, register_functions
+from postoffice.store.sqlsearch import (
+    compile_search,
+    fold_message_text,
+    index_message_text,
+    register_functions,
+)
 
 DAY = 86400
 EPOCH = dt.date(1970, 1, 1)
@@ -138,7 +143,7 @@ def add_message(conn: sqlite3.Connection, msg: Msg, mailbox_id: int) -> int:
     )
     message_id = int(cursor.lastrowid or 0)
     if msg.text_row:
-        index_message_text(conn, message_id, msg.header_text, msg.body)
+        index_message_text(conn, message_id, fold_message_text(msg.header_text, msg.body))
     return message_id
 
 
@@ -576,9 +581,8 @@ def test_body_search_uses_the_index_on_a_big_mailbox() -> None:
         [(i, str(i)) for i in range(1, count + 1)],
     )
     for i in range(1, count + 1):
-        index_message_text(
-            conn, i, "", f"message number {i} " + ("needle" if i % 10_000 == 0 else "hay")
-        )
+        text = f"message number {i} " + ("needle" if i % 10_000 == 0 else "hay")
+        index_message_text(conn, i, fold_message_text("", text))
     conn.executemany(
         "INSERT INTO entries(mailbox_id, uid, message_id, modseq, internaldate, tz_offset, size) "
         "VALUES (1, ?, ?, 1, 0, 0, 1)",

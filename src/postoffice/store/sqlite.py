@@ -16,6 +16,7 @@ import sqlite3
 import time
 from array import array
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,24 @@ def _zone(minutes: int) -> dt.timezone:
 @functools.lru_cache(maxsize=64)
 def _flags(bits: int) -> Flag:
     return Flag(bits)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """Everything an append computes from the raw bytes before its write transaction."""
+
+    message: mime.ParsedMessage
+    parts: bytes  # mime.encode_parts of the part tree
+    text: sqlsearch.SearchText
+
+    @classmethod
+    def of(cls, raw: bytes) -> _Prepared:
+        message = mime.parse_message(raw)
+        return cls(
+            message,
+            mime.encode_parts(message.root),
+            sqlsearch.fold_message_text(message.header_text, message.body_text),
+        )
 
 
 def _entry(row: Row, what: FetchWhat) -> Entry:
@@ -812,13 +831,13 @@ class SqliteStore:
             await asyncio.to_thread(self.blobs.put, raw)
         # Parsed whether or not the content is stored already: asking first would cost a
         # store round trip for every new message to save a parse for the rare duplicate.
-        parsed = await asyncio.to_thread(mime.parse_message, raw)
+        prepared = await asyncio.to_thread(_Prepared.of, raw)
         for _attempt in range(_APPEND_ATTEMPTS):
             op = functools.partial(
                 self._append_op,
                 raw=raw,
                 sha256=sha256,
-                parsed=parsed,
+                prepared=prepared,
                 targets=targets,
                 stamp=stamp,
                 tz_minutes=tz_minutes,
@@ -836,7 +855,7 @@ class SqliteStore:
         *,
         raw: bytes,
         sha256: str,
-        parsed: mime.ParsedMessage,
+        prepared: _Prepared,
         targets: Sequence[AppendTarget],
         stamp: int,
         tz_minutes: int,
@@ -853,7 +872,9 @@ class SqliteStore:
         if row is not None:
             message_id = int(row[0])
         else:
-            message_id = self._insert_message(conn, sha256, None if in_file else raw, size, parsed)
+            message_id = self._insert_message(
+                conn, sha256, None if in_file else raw, size, prepared
+            )
         results: list[Appended] = []
         added: dict[int, list[int]] = {}
         owners: dict[int, int] = {}
@@ -901,8 +922,9 @@ class SqliteStore:
         sha256: str,
         content: bytes | None,
         size: int,
-        parsed: mime.ParsedMessage,
+        prepared: _Prepared,
     ) -> int:
+        parsed = prepared.message
         sent = parsed.sent_date
         sent_day = None
         if sent is not None:
@@ -938,12 +960,12 @@ class SqliteStore:
                 parsed.envelope,
                 parsed.body,
                 parsed.bodystructure,
-                mime.encode_parts(parsed.root),
+                prepared.parts,
                 int(time.time()),
             ),
         )
         message_id = int(cursor.lastrowid or 0)
-        sqlsearch.index_message_text(conn, message_id, parsed.header_text, parsed.body_text)
+        sqlsearch.index_message_text(conn, message_id, prepared.text)
         return message_id
 
     async def store_flags(

@@ -295,20 +295,36 @@ def _glob_literal(value: str) -> str:
     return fold(value).translate(_GLOB_SPECIAL)
 
 
-def index_message_text(
-    conn: sqlite3.Connection, message_id: int, header_text: str, body_text: str
-) -> None:
-    """Keep a new message's text for search: folded and compressed in its row, and indexed."""
+@dataclass(frozen=True, slots=True)
+class SearchText:
+    """A message's text as the index keeps it: folded, and compressed for its row."""
+
+    headers: str
+    body: str
+    headers_z: bytes
+    body_z: bytes
+
+
+def fold_message_text(header_text: str, body_text: str) -> SearchText:
+    """The CPU part of indexing (folding, compression): done before the write transaction,
+    off the single writer thread, so a large body does not hold up everyone's commits."""
     # NUL would cut the text short in SQLite's C string handling; it is never searchable.
     headers = fold(header_text.replace("\x00", " "))
     body = fold(body_text.replace("\x00", " "))
+    return SearchText(
+        headers, body, zlib.compress(headers.encode(), 6), zlib.compress(body.encode(), 6)
+    )
+
+
+def index_message_text(conn: sqlite3.Connection, message_id: int, text: SearchText) -> None:
+    """Keep a new message's text for search: in its row, and in the trigram index."""
     conn.execute(
         "UPDATE messages SET search_headers = ?, search_body = ? WHERE id = ?",
-        (zlib.compress(headers.encode(), 6), zlib.compress(body.encode(), 6), message_id),
+        (text.headers_z, text.body_z, message_id),
     )
     conn.execute(
         "INSERT INTO message_text(rowid, headers, body) VALUES (?, ?, ?)",
-        (message_id, headers, body),
+        (message_id, text.headers, text.body),
     )
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 import imap_bench
+import serving
 import smtp_bench
 import store_bench
 from imap_bench import PASSWORD, Client, Idlers, percentile
@@ -507,7 +508,7 @@ class Postoffice:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            imap_bench.stop_server(self.process)
+            serving.stop_server(self.process)
 
     def server(self) -> Server:
         return Server("postoffice", self.smtp, self.imap, self.pop3, self.roots, self.roots[0])

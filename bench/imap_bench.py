@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import datetime as dt
 import json
 import os
 import random
 import re
 import resource
-import signal
 import statistics
 import subprocess
 import sys
@@ -36,9 +34,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from postoffice.config import ListenersConfig
 from postoffice.store import SqliteStore, open_store
 from postoffice.store.model import AppendTarget, UidSet
+from serving import start_server, stop_server
 
 DOMAIN = "bench.test"
 PASSWORD = "bench-password-1"
@@ -164,35 +162,6 @@ def prepare(data: Path, max_connections: int) -> None:
             raise RuntimeError(f"{config} has no line {old!r}: the default config changed")
         text = text.replace(old, new)
     config.write_text(text)
-
-
-def start_server(data: Path) -> tuple[subprocess.Popen[str], int]:
-    others = [f.name for f in dataclasses.fields(ListenersConfig) if f.name != "imap"]
-    listen = ["--listen=imap=127.0.0.1:0", *(f"--listen={name}=off" for name in others)]
-    exe = [sys.executable, "-m", "postoffice", "--data", str(data), "serve", *listen]
-    # The log goes to a file: a pipe nobody reads would fill up and stall the server.
-    log_path = data / "serve.log"
-    with log_path.open("a") as log:
-        start = log.tell()
-        process = subprocess.Popen(exe, stderr=log, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = log_path.read_text()[start:]
-        found = re.search(r"listener imap 127\.0\.0\.1:(\d+): listening", text)
-        if found and " ready" in text:
-            return process, int(found.group(1))
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
-
-
-def stop_server(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def rss_bytes(pid: int) -> int:
@@ -442,13 +411,13 @@ def run(quick: bool) -> list[Result]:
         print(f"  filled in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         # One server for FETCH / SEARCH and a fresh one for IDLE, so that memory freed after
         # the big FETCHes cannot be reused by the idlers and flatter their RSS figure.
-        process, port = start_server(data)
+        process, port = start_server(data, "imap")
         try:
             for user, size in ((SMALL_USER, small), (BIG_USER, big)):
                 results += asyncio.run(mailbox_results(port, user, size, runs))
         finally:
             stop_server(process)
-        process, port = start_server(data)
+        process, port = start_server(data, "imap")
         try:
             results += asyncio.run(idle_results(port, process.pid, levels))
         finally:

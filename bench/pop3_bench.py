@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,9 +27,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from postoffice.config import ListenersConfig
 from postoffice.store import open_store
 from postoffice.store.model import AppendTarget
+from serving import start_server, stop_server
 
 DOMAIN = "bench.test"
 PASSWORD = "bench-password-1"
@@ -96,34 +93,6 @@ def prepare(data: Path) -> None:
         )
 
 
-def start_server(data: Path) -> tuple[subprocess.Popen[str], int]:
-    others = [f.name for f in dataclasses.fields(ListenersConfig) if f.name != "pop3"]
-    listen = ["--listen=pop3=127.0.0.1:0", *(f"--listen={name}=off" for name in others)]
-    exe = [sys.executable, "-m", "postoffice", "--data", str(data), "serve", *listen]
-    # The log goes to a file: a pipe nobody reads would fill up and stall the server.
-    log_path = data / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(exe, stderr=log, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = log_path.read_text()
-        found = re.search(r"listener pop3 127\.0\.0\.1:(\d+): listening", text)
-        if found and " ready" in text:
-            return process, int(found.group(1))
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
-
-
-def stop_server(process: subprocess.Popen[str]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 # -- the client -------------------------------------------------------------------------------
 
 
@@ -179,7 +148,7 @@ async def run(per_user: int) -> list[Result]:
         data = Path(tmp) / "data"
         prepare(data)
         await fill(data, per_user)
-        process, port = start_server(data)
+        process, port = start_server(data, "pop3")
         try:
             results = await measure(port, [user(0)])
             results += await measure(port, [user(n) for n in range(1, USERS)])

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from postoffice.config import LISTENER_NAMES
+import serving
 
 LINE = b"All work and no play makes Jack a dull boy; the quick brown fox jumps over it.\r\n"
 
@@ -112,22 +111,7 @@ def start_server(data: Path) -> tuple[subprocess.Popen[str], int]:
     config = data / "postoffice.toml"
     text = config.read_text().replace("max_connections_per_ip = 50", "max_connections_per_ip = 500")
     config.write_text(text)
-    listen = [f"--listen={name}=off" for name in LISTENER_NAMES if name != "smtp"]
-    # The log goes to a file: a pipe nobody reads would fill up and stall the server.
-    log_path = data / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*exe, "serve", "--listen=smtp=127.0.0.1:0", *listen], stderr=log, text=True
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = log_path.read_text()
-        found = re.search(r"listener smtp 127\.0\.0\.1:(\d+): listening", text)
-        if found and " ready" in text:
-            return process, int(found.group(1))
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
+    return serving.start_server(data, "smtp")
 
 
 def main() -> None:

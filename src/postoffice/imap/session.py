@@ -76,6 +76,7 @@ from postoffice.store.names import compile_list_pattern, is_inbox
 
 FLUSH_AT: Final = 256 * 1024  # queued output written out mid-command (large FETCHes)
 SASL_LINE_MAX: Final = 64 * 1024
+FETCH_CHUNK: Final = 1000  # messages per store.fetch during one FETCH command
 READ_BATCH: Final = 256  # messages read from the store per round trip during FETCH
 READ_BATCH_BYTES: Final = 4 << 20
 
@@ -970,6 +971,16 @@ class ImapSession:
         if not uids:
             self._ok(cmd.tag, "Fetch completed", allow_expunge=cmd.uid)
             return
+        # A chunk at a time: memory stays bounded and the event loop gets a turn between
+        # store calls, however many messages the client asked for.
+        for start in range(0, len(uids), FETCH_CHUNK):
+            await self._fetch_chunk(selected, cmd, plan, uids[start : start + FETCH_CHUNK])
+        self._ok(cmd.tag, "Fetch completed", allow_expunge=cmd.uid)
+
+    async def _fetch_chunk(
+        self, selected: SelectedMailbox, cmd: c.Fetch, plan: f.Plan, uids: list[int]
+    ) -> None:
+        mailbox_id = selected.mailbox.id
         entries = await self.store.fetch(mailbox_id, UidSet.of(uids), plan.what)
         if cmd.changed_since is not None:
             entries = [e for e in entries if e.modseq > cmd.changed_since]
@@ -1002,7 +1013,6 @@ class ImapSession:
                 raise No("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
             if self.io.queued >= FLUSH_AT:
                 await self.io.flush()
-        self._ok(cmd.tag, "Fetch completed", allow_expunge=cmd.uid)
 
     async def _mark_seen(self, selected: SelectedMailbox, entries: list[Entry]) -> list[Entry]:
         """Set \\Seen on the messages a non-peek fetch reads (RFC 9051 §6.4.5); the entries

@@ -8,6 +8,7 @@ are here.  Every error is one line on stderr, `postoffice: error: ...`, with a n
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import dataclasses
 import datetime as dt
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import click
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from postoffice import __version__, server
 from postoffice.auth.passwords import hash_password, scram_sha256_record
@@ -40,11 +43,12 @@ from postoffice.config import (
 from postoffice.context import open_configured_store
 from postoffice.listeners import ListenError
 from postoffice.log import FORMATS, configure_logging
-from postoffice.queue.dkim import generate_key
+from postoffice.queue.dkim import DkimKey, find_key, generate_key, txt_record
 from postoffice.store import Store
 from postoffice.store.api import QueuedMessage
 from postoffice.store.model import PopAccountPolicy, StoreError
 from postoffice.tls import TlsConfigError, generate_self_signed
+from postoffice.web import autoconfig
 
 T = TypeVar("T")
 
@@ -738,6 +742,46 @@ def dkim_generate(ctx: click.Context, domain_name: str, selector: str, algorithm
     except FileExistsError:
         raise CliError(f"a key for {name} with selector {selector} exists already") from None
     click.echo(f"{selector.lower()}._domainkey.{name}. IN TXT ( {_txt_strings(record)} )")
+
+
+# -- DNS records (issue 9) -----------------------------------------------------------------------
+
+
+@cli.group(no_args_is_help=False)
+def dns() -> None:
+    """The DNS records a mail domain needs."""
+
+
+def _dkim_public_record(key: DkimKey) -> str:
+    """The TXT value for an existing key (the same `dkim generate` printed)."""
+    if key.algorithm == "ed25519":
+        seed = base64.b64decode(key.private)
+        public = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key()
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        private = serialization.load_pem_private_key(key.private, password=None)
+        raw = private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    return txt_record(key.algorithm, raw)
+
+
+@dns.command("records")
+@click.argument("domain_name", metavar="DOMAIN")
+@click.pass_context
+def dns_records(ctx: click.Context, domain_name: str) -> None:
+    """Print, as zone-file lines, every record DOMAIN needs: MX, SPF, DKIM, DMARC, the
+    autoconfig/autodiscover CNAMEs and the SRV records of RFC 6186 and RFC 8314."""
+    data = _data_dir(ctx)
+    config = _load(data)
+    name = normalise_domain(domain_name)
+    _with_store(data, lambda store: _require_domain(store, name))
+    key = find_key(data, name)
+    dkim_line = None
+    if key is not None:
+        record = _txt_strings(_dkim_public_record(key))
+        dkim_line = f"{key.selector}._domainkey.{name}. IN TXT ( {record} )"
+    click.echo("\n".join(autoconfig.dns_records(config, name, dkim_line)))
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

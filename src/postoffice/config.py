@@ -713,6 +713,18 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The http listener: client auto-configuration and metrics."""
+
+    metrics_token: str = field(
+        default="",
+        metadata=_about(
+            'Bearer token /metrics requires ("" turns /metrics off: it answers 404).', _text
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole file; each field is one [section].  Later features add sections here."""
 
@@ -726,6 +738,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def enabled_listeners(self) -> list[ListenerConfig]:
         """The listeners not set to "off", in file order."""

@@ -28,6 +28,7 @@ from postoffice.log import BoundLogger, get_logger
 from postoffice.pop3 import POP3_LISTENERS, Pop3Handler
 from postoffice.queue.worker import serve_queue
 from postoffice.smtp import SMTP_LISTENERS, smtp_handler
+from postoffice.web import HttpHandler
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Blocked while workers are forked and unblocked once each process has its handlers, so a
@@ -46,6 +47,7 @@ def default_registry() -> ProtocolRegistry:
         registry.register(name, imap)
     for name in POP3_LISTENERS:
         registry.register(name, Pop3Handler)
+    registry.register("http", HttpHandler)
     return registry
 
 

@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+import signal
 import smtplib
 import socket
 import ssl
@@ -805,6 +806,32 @@ def test_compress_deflate(mail: MailServer) -> None:
     assert b"COMPRESS=DEFLATE" not in caps
     _, done = raw.command("z2", "COMPRESS DEFLATE")
     assert done.startswith((b"z2 NO [COMPRESSIONACTIVE]", b"z2 BAD")), done
+
+
+def test_corrupt_compressed_stream_ends_the_session(mail: MailServer) -> None:
+    raw = mail.raw()
+    raw.ok("z", "COMPRESS DEFLATE")
+    raw.start_compression()
+    raw.sock.sendall(b"\xff" * 64)  # not a DEFLATE stream: reserved block type 3
+    assert raw.response() == b"* BYE Invalid compressed data\r\n"
+
+
+def test_idle_ends_with_bye_when_the_server_stops(mail: MailServer) -> None:
+    raw = mail.raw()
+    raw.ok("s", "SELECT INBOX")
+    raw.send(b"i IDLE\r\n")
+    assert raw.response().startswith(b"+ ")
+    mail.serve.proc.send_signal(signal.SIGTERM)
+    # The idle wait ends at once, not after the 30-minute autologout.
+    assert raw.response() == b"* BYE Server shutting down\r\n"
+
+
+def test_autologout(data_dir: Path, start_serve: StartServe) -> None:
+    edit_config(data_dir, "imap_idle_seconds", "0.5")
+    raw = RawImap(start_serve().address("imap"))
+    # RFC 9051 §5.4: the server may log out an idle client, with a BYE saying why.
+    assert raw.response() == b"* BYE Autologout; idle for too long\r\n"
+    raw.close()
 
 
 def test_quota(mail: MailServer) -> None:

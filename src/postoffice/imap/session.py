@@ -19,7 +19,7 @@ import bisect
 import contextlib
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Final
@@ -643,12 +643,16 @@ class ImapSession:
             # Shared with the store's cache and other sessions: the view replaces, never
             # mutates, it (selected.py).
             uids = await self.store.uids(mailbox.id)
-            status = await self.store.status(mailbox.id)
+            # Read after the UIDs, so UIDNEXT is above every one of them; no counting scan
+            # (STATUS's) on the way: SELECT reports no counts beyond EXISTS.
+            current = await self.store.get_mailbox(self._account_id(), mailbox.name)
+            if current is None or current.id != mailbox.id:
+                raise NotFound("mailbox no longer exists")
             recent_above = await self.store.claim_recent(mailbox.id, claim=not cmd.readonly)
         except BaseException:
             subscription.close()
             raise
-        mailbox = status.mailbox
+        mailbox = current
         claims = None if cmd.readonly else self.recent_claims
         selected = SelectedMailbox(
             mailbox, cmd.readonly, uids, subscription, mailbox.highestmodseq, claims
@@ -665,7 +669,7 @@ class ImapSession:
         self.io.send(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n")
         permanent = b"" if cmd.readonly else b"\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*"
         self.io.send(b"* OK [PERMANENTFLAGS (%b)] Flags permitted\r\n" % permanent)
-        if status.unseen and not self.options.rev2:
+        if not self.options.rev2:
             first = await self.store.search(mailbox.id, s.HasFlag(Flag.SEEN, False))
             seq = selected.seq_of(first[0]) if first else 0
             if seq:
@@ -780,8 +784,9 @@ class ImapSession:
             {"SUBSCRIBED"} if "SUBSCRIBED" in select or cmd.lsub else set()
         )
         listed = _listed_names(boxes, subscribed, reference, patterns, cmd)
+        parents = {parent for name in boxes for parent in _ancestors(name)}
         for name, childinfo in listed:
-            attrs = _list_attributes(name, boxes, subscribed, cmd, returns)
+            attrs = _list_attributes(name, boxes, parents, subscribed, cmd, returns)
             # RFC 5258 §3.5: a parent listed only for its subscribed children says so.
             extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if childinfo else b""
             self.io.send(
@@ -1292,9 +1297,7 @@ def _listed_names(
     matched = {n for n in universe if matches(n)}
     listed = dict.fromkeys(matched, False)
     for name in universe:
-        parts = name.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
+        for parent in _ancestors(name):
             if parent in universe or parent in listed or not matches(parent):
                 continue
             if "RECURSIVEMATCH" in select:
@@ -1307,9 +1310,17 @@ def _listed_names(
     return sorted(listed.items(), key=lambda item: (not is_inbox(item[0]), item[0]))
 
 
+def _ancestors(name: str) -> Iterator[str]:
+    """The levels above a mailbox name: "a/b/c" gives "a", then "a/b"."""
+    parts = name.split("/")
+    for depth in range(1, len(parts)):
+        yield "/".join(parts[:depth])
+
+
 def _list_attributes(
     name: str,
     boxes: dict[str, Mailbox],
+    parents: set[str],
     subscribed: set[str],
     cmd: c.ListMailboxes,
     returns: frozenset[str] | set[str],
@@ -1320,9 +1331,7 @@ def _list_attributes(
     attrs: list[str] = []
     if mailbox is None:
         attrs.append("\\NonExistent" if cmd.extended else "\\Noselect")
-    prefix = name + "/"
-    has_children = any(other.startswith(prefix) for other in boxes)
-    attrs.append("\\HasChildren" if has_children else "\\HasNoChildren")
+    attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
     if "SUBSCRIBED" in returns and name in subscribed:
         attrs.append("\\Subscribed")
     if mailbox is not None and mailbox.special_use is not None:

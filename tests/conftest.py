@@ -287,3 +287,19 @@ class EchoHandler:
 
     def refusal(self, reason: str) -> bytes:
         return f"busy {reason}\r\n".encode()
+
+
+def set_config(data_dir: Path, section: str, key: str, value: str) -> None:
+    """Set `key = value` (TOML text) in [section] of DATA/postoffice.toml (`init` writes every
+    setting, so the line is there to replace)."""
+    config = data_dir / "postoffice.toml"
+    lines = config.read_text().splitlines()
+    current = ""
+    for index, line in enumerate(lines):
+        if line.startswith("[") and line.rstrip().endswith("]"):
+            current = line.strip()[1:-1]
+        elif current == section and line.split("=", 1)[0].strip() == key:
+            lines[index] = f"{key} = {value}"
+            config.write_text("\n".join(lines) + "\n")
+            return
+    raise AssertionError(f"no {key} in [{section}]")

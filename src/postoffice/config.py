@@ -724,6 +724,284 @@ class HttpConfig:
     )
 
 
+def _fraction(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"expected a number between 0 and 1, got {_describe(value)}")
+    if not 0 <= value <= 1:
+        raise ValueError(f"must be between 0 and 1, got {value}")
+    return float(value)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f'expected a list of names like ["zen.example"], got {_describe(value)}')
+    return tuple(parse_hostname(v) for v in value)
+
+
+def _clamd_address(value: Any) -> str:
+    """ "" (off), "unix:PATH" or "HOST:PORT"."""
+    if not isinstance(value, str):
+        raise ValueError(f'expected "unix:PATH", "HOST:PORT" or "", got {_describe(value)}')
+    if value and not value.startswith("unix:"):
+        _host_port(value)
+    return value
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or (value and not value.startswith(("http://", "https://"))):
+        raise ValueError(f'expected an http:// or https:// URL or "", got {_describe(value)}')
+    return value
+
+
+_ON_FAILURE: Final = _choice("accept", "tempfail")
+_ON_FAILURE_DOC: Final = (
+    ' when its service is down or times out: "accept" (fail open) or "tempfail" (451, the'
+    " sender retries)."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderAuthConfig:
+    """SPF, DKIM, DMARC and ARC checks of mail from the world (not of authenticated users)."""
+
+    spf: bool = field(default=True, metadata=_about("Check SPF (RFC 7208).", _bool))
+    dkim: bool = field(default=True, metadata=_about("Verify DKIM signatures (RFC 6376).", _bool))
+    arc: bool = field(default=True, metadata=_about("Verify the ARC chain (RFC 8617).", _bool))
+    dmarc: bool = field(default=True, metadata=_about("Apply DMARC (RFC 7489).", _bool))
+    dmarc_reject: str = field(
+        default="reject",
+        metadata=_about(
+            'What a failing message from a p=reject domain gets: "reject" (550), "quarantine"'
+            ' (Junk) or "none" (a header only).',
+            _choice("reject", "quarantine", "none"),
+        ),
+    )
+    dmarc_quarantine: str = field(
+        default="quarantine",
+        metadata=_about(
+            'What a failing message from a p=quarantine domain gets: "quarantine" or "none".',
+            _choice("quarantine", "none"),
+        ),
+    )
+    timeout_seconds: float = field(
+        default=10.0, metadata=_about("Seconds all DNS lookups of one message may take.", _seconds)
+    )
+    on_failure: str = field(
+        default="accept",
+        metadata=_about(
+            "What a message gets" + _ON_FAILURE_DOC.replace(" its", " DNS"), _ON_FAILURE
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DnsblConfig:
+    """DNS blocklists checked for each client IP of the smtp listener."""
+
+    zones: tuple[str, ...] = field(
+        default=(),
+        metadata=_about(
+            'Blocklist zones, e.g. ["zen.spamhaus.org"]; [] turns DNSBL checks off.', _names
+        ),
+    )
+    action: str = field(
+        default="reject",
+        metadata=_about(
+            'A listed client gets "reject" (554 at RCPT) or "tag" (a header, counted as junk).',
+            _choice("reject", "tag"),
+        ),
+    )
+    on_failure: str = field(
+        default="accept",
+        metadata=_about(
+            "What a client gets" + _ON_FAILURE_DOC.replace(" its", " the DNS"), _ON_FAILURE
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GreylistConfig:
+    """Greylisting: the first message of an unknown (client, sender, recipient) triplet gets 451."""
+
+    enabled: bool = field(default=False, metadata=_about("Greylist mail from the world.", _bool))
+    delay: int = field(
+        default=300,
+        metadata=_about(
+            "How long a new triplet must wait before a retry is accepted.",
+            _duration,
+            _render_duration,
+        ),
+    )
+    retry_window: int = field(
+        default=2 * 86400,
+        metadata=_about(
+            "How long a greylisted triplet waits for its retry before it is forgotten.",
+            _duration,
+            _render_duration,
+        ),
+    )
+    expiry: int = field(
+        default=36 * 86400,
+        metadata=_about(
+            "How long a triplet that passed is remembered after its last message.",
+            _duration,
+            _render_duration,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitsConfig:
+    """Per-client-IP rates on the smtp listener (0 turns a limit off)."""
+
+    connections_per_minute: int = field(
+        default=60,
+        metadata=_about("New SMTP connections per minute from one IP.", _int(0, 10**7)),
+    )
+    messages_per_hour: int = field(
+        default=1000,
+        metadata=_about("Messages per hour from one IP (MAIL FROM commands).", _int(0, 10**9)),
+    )
+    recipients_per_hour: int = field(
+        default=5000,
+        metadata=_about("Accepted recipients per hour from one IP.", _int(0, 10**9)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JunkConfig:
+    """Junk mail: the built-in per-account Bayesian classifier, optionally rspamd or spamd."""
+
+    enabled: bool = field(default=True, metadata=_about("Classify incoming mail.", _bool))
+    threshold: float = field(
+        default=0.9,
+        metadata=_about(
+            "Spam probability at or above which mail goes to the Junk folder (per-account"
+            " setting overrides).",
+            _fraction,
+        ),
+    )
+    reject_threshold: float = field(
+        default=1.0,
+        metadata=_about(
+            "Spam probability at or above which mail is refused with 550 at DATA (1 = never).",
+            _fraction,
+        ),
+    )
+    min_trained: int = field(
+        default=10,
+        metadata=_about(
+            "Spam and ham messages each an account must have trained before its classifier"
+            " decides anything.",
+            _int(0, 10**6),
+        ),
+    )
+    rspamd_url: str = field(
+        default="",
+        metadata=_about('rspamd controller/worker URL, e.g. "http://127.0.0.1:11333".', _url),
+    )
+    spamd: str = field(
+        default="", metadata=_about('SpamAssassin spamd as "HOST:PORT" ("" off).', _host_port)
+    )
+    timeout_seconds: float = field(
+        default=15.0, metadata=_about("Seconds rspamd or spamd may take per message.", _seconds)
+    )
+    on_failure: str = field(
+        default="accept",
+        metadata=_about("What a message gets when rspamd or spamd is down.", _ON_FAILURE),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AntivirusConfig:
+    """Virus scanning through ClamAV's clamd."""
+
+    clamd: str = field(
+        default="",
+        metadata=_about(
+            'clamd socket: "unix:/run/clamav/clamd.ctl" or "HOST:PORT"; "" turns scanning off.',
+            _clamd_address,
+        ),
+    )
+    action: str = field(
+        default="reject",
+        metadata=_about(
+            'An infected message gets "reject" (550 at DATA) or "quarantine" (kept for the'
+            " admin, who is told).",
+            _choice("reject", "quarantine"),
+        ),
+    )
+    max_scan_size: int = field(
+        default=25 << 20,
+        metadata=_about(
+            "Largest message scanned; larger ones pass unscanned.", _size, _render_size
+        ),
+    )
+    timeout_seconds: float = field(
+        default=60.0, metadata=_about("Seconds clamd may take per message.", _seconds)
+    )
+    on_failure: str = field(
+        default="tempfail",
+        metadata=_about(
+            "What a message gets" + _ON_FAILURE_DOC.replace(" its", " clamd's"), _ON_FAILURE
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SieveConfig:
+    """Users' Sieve scripts (RFC 5228) and the ManageSieve listener (RFC 5804)."""
+
+    enabled: bool = field(default=True, metadata=_about("Run users' active scripts.", _bool))
+    max_script_size: int = field(
+        default=1 << 20, metadata=_about("Largest script.", _size, _render_size)
+    )
+    max_scripts: int = field(
+        default=32, metadata=_about("Scripts one account may keep.", _int(1, 10**4))
+    )
+    max_redirects: int = field(
+        default=4, metadata=_about("redirect actions one script run may take.", _int(0, 1000))
+    )
+    max_actions: int = field(
+        default=32, metadata=_about("Actions of any kind one script run may take.", _int(1, 10**4))
+    )
+    vacation_min_days: int = field(
+        default=1, metadata=_about("Shortest vacation :days a script may ask for.", _int(0, 365))
+    )
+    vacation_max_days: int = field(
+        default=90, metadata=_about("Longest vacation :days.", _int(1, 3650))
+    )
+    cpu_seconds: float = field(
+        default=1.0, metadata=_about("Longest one script run may take.", _seconds)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WebmailConfig:
+    """Webmail on the http listener."""
+
+    enabled: bool = field(default=True, metadata=_about("Serve webmail at /.", _bool))
+    session_seconds: int = field(
+        default=8 * 3600,
+        metadata=_about("How long a webmail login lasts without use.", _duration, _render_duration),
+    )
+    page_size: int = field(
+        default=50, metadata=_about("Messages per page in a message list.", _int(5, 1000))
+    )
+    max_upload: int = field(
+        default=25 << 20,
+        metadata=_about("Largest total of attachments in one message.", _size, _render_size),
+    )
+    secure_cookies: str = field(
+        default="auto",
+        metadata=_about(
+            'Secure cookie flag: "auto" (when the request came over TLS or'
+            ' X-Forwarded-Proto: https from a trusted proxy), "always" or "never".',
+            _choice("auto", "always", "never"),
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole file; each field is one [section].  Later features add sections here."""
@@ -739,6 +1017,14 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     log: LogConfig = field(default_factory=LogConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    sender_auth: SenderAuthConfig = field(default_factory=SenderAuthConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    junk: JunkConfig = field(default_factory=JunkConfig)
+    antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
+    sieve: SieveConfig = field(default_factory=SieveConfig)
+    webmail: WebmailConfig = field(default_factory=WebmailConfig)
 
     def enabled_listeners(self) -> list[ListenerConfig]:
         """The listeners not set to "off", in file order."""

@@ -27,6 +27,10 @@ _STATUS: dict[Outcome, str] = {
     Outcome.QUOTA_FULL: "4.2.2",
     Outcome.QUOTA_EXCEEDED: "5.2.2",
     Outcome.TEMPORARY_FAILURE: "4.3.0",
+    Outcome.REJECTED: "5.7.1",
+    Outcome.BLOCKED: "5.7.1",
+    Outcome.GREYLISTED: "4.7.1",
+    Outcome.RATE_LIMITED: "4.7.0",
 }
 # RFC 3461 §4.3 RET=HDRS, and a cap on what we send back of a large message.
 _RETURN_MAX = 64 * 1024

@@ -50,6 +50,10 @@ class Outcome(Enum):
     QUOTA_FULL = "quota_full"  # 452 4.2.2 at RCPT: already over
     QUOTA_EXCEEDED = "quota_exceeded"  # 552 5.2.2 at DATA: this message would exceed it
     TEMPORARY_FAILURE = "temporary_failure"  # 451 4.3.0 (store unavailable, ...)
+    REJECTED = "rejected"  # 550 5.7.1 by policy: DMARC, virus, spam, Sieve reject
+    BLOCKED = "blocked"  # 554 5.7.1 the client is on a blocklist
+    GREYLISTED = "greylisted"  # 451 4.7.1 try again in a few minutes
+    RATE_LIMITED = "rate_limited"  # 451 4.7.0 (421 4.7.0 at connect) too much, too fast
 
 
 @dataclass(frozen=True, slots=True)

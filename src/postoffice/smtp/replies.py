@@ -124,6 +124,10 @@ SMTP_553_SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by you
 SMTP_550_SENDER_FORGED = Reply(550, "5.7.1", "Sender address rejected: use submission")
 SMTP_452_MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full")
 SMTP_552_QUOTA_EXCEEDED = Reply(552, "5.2.2", "Message would exceed the mailbox quota")
+SMTP_550_REJECTED = Reply(550, "5.7.1", "Message rejected by policy")
+SMTP_554_BLOCKED = Reply(554, "5.7.1", "Client host blocked")
+SMTP_451_GREYLISTED = Reply(451, "4.7.1", "Greylisted, please try again in a few minutes")
+SMTP_451_RATE_LIMITED = Reply(451, "4.7.0", "Rate limit exceeded, try again later")
 
 
 def _table(accepted: Reply) -> Mapping[Outcome, Reply]:
@@ -138,6 +142,10 @@ def _table(accepted: Reply) -> Mapping[Outcome, Reply]:
             Outcome.QUOTA_FULL: SMTP_452_MAILBOX_FULL,
             Outcome.QUOTA_EXCEEDED: SMTP_552_QUOTA_EXCEEDED,
             Outcome.TEMPORARY_FAILURE: SMTP_451_LOCAL_ERROR,
+            Outcome.REJECTED: SMTP_550_REJECTED,
+            Outcome.BLOCKED: SMTP_554_BLOCKED,
+            Outcome.GREYLISTED: SMTP_451_GREYLISTED,
+            Outcome.RATE_LIMITED: SMTP_451_RATE_LIMITED,
         }
     )
 

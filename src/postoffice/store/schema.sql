@@ -165,3 +165,53 @@ CREATE TABLE IF NOT EXISTS queue_recipients (
 
 CREATE INDEX IF NOT EXISTS queue_recipients_due ON queue_recipients (state, next_attempt);
 CREATE INDEX IF NOT EXISTS queue_recipients_by_message ON queue_recipients (message_id);
+
+-- Filtering (issue 8).  Each table belongs to one module of store/: sieve.py, junk.py,
+-- greylist.py, vacation.py.
+
+-- Users' Sieve scripts (RFC 5804): at most one active per account.
+CREATE TABLE IF NOT EXISTS sieve_scripts (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    content TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0,
+    updated INTEGER NOT NULL,          -- unix seconds
+    PRIMARY KEY (account_id, name)
+) WITHOUT ROWID;
+
+CREATE UNIQUE INDEX IF NOT EXISTS sieve_scripts_one_active
+    ON sieve_scripts (account_id) WHERE active = 1;
+
+-- Whom a vacation action has answered, and when (RFC 5230 §4.2: once per :days per sender).
+CREATE TABLE IF NOT EXISTS vacation_replies (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    handle TEXT NOT NULL,              -- :handle, or a digest of the reason and subject
+    sender TEXT NOT NULL,              -- lower-cased
+    sent INTEGER NOT NULL,             -- unix seconds
+    PRIMARY KEY (account_id, handle, sender)
+) WITHOUT ROWID;
+
+-- Greylisting triplets: (client network, sender, recipient).
+CREATE TABLE IF NOT EXISTS greylist (
+    triplet TEXT PRIMARY KEY,
+    first_seen INTEGER NOT NULL,       -- unix seconds
+    passed INTEGER,                    -- unix seconds of the first accepted retry, NULL until then
+    last_seen INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- The Bayesian classifier's counts, per account: how many trained spam and ham messages
+-- contained each token, and the totals.
+CREATE TABLE IF NOT EXISTS junk_tokens (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    token TEXT NOT NULL,
+    spam INTEGER NOT NULL DEFAULT 0,
+    ham INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (account_id, token)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS junk_totals (
+    account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    spam INTEGER NOT NULL DEFAULT 0,
+    ham INTEGER NOT NULL DEFAULT 0,
+    threshold REAL                     -- the account's own Junk threshold, NULL: [junk] threshold
+);

@@ -604,7 +604,9 @@ class QueueConfig:
     resolver: str = field(
         default="",
         metadata=_about(
-            'DNS server for MX lookups as "HOST:PORT"; "" uses the system resolver.', _host_port
+            'DNS server for every lookup (MX, SPF, DKIM, DMARC, DNSBL) as "HOST:PORT"; "" uses'
+            " the system resolver.",
+            _host_port,
         ),
     )
     smtp_port: int = field(

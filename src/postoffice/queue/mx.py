@@ -3,13 +3,11 @@
 MX hosts in preference order (equal preferences shuffled, §5.1), each resolved to its A then
 AAAA addresses; no MX at all means the domain itself is the mail host (the implicit MX);
 a null MX (RFC 7505) or a domain that does not exist fails at once.  The resolver address
-comes from `[queue] resolver`; tests point it at a DNS server on loopback, and under pytest
-the system resolver is refused outright, so a test can never send a query to the world.
+comes from `[queue] resolver` (see resolver.py).
 """
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
 
-from postoffice.config import TcpAddress, parse_listen_address
+from postoffice.resolver import async_resolver
 
 
 class DnsError(Exception):
@@ -35,10 +33,6 @@ class DnsError(Exception):
         self.status = status  # RFC 3463 enhanced code for the report
 
 
-class SystemResolverRefused(RuntimeError):
-    """Raised under pytest when no resolver address is configured."""
-
-
 @dataclass(frozen=True, slots=True)
 class MailHost:
     name: str  # the MX host (or the domain, for an implicit MX), for logs and reports
@@ -48,19 +42,7 @@ class MailHost:
 class MxResolver:
     def __init__(self, address: str, *, timeout: float = 10.0) -> None:
         """`address` is "HOST:PORT" of the DNS server to ask, or "" for the system's."""
-        if address:
-            parsed = parse_listen_address(address, allow_unix=False)
-            if not isinstance(parsed, TcpAddress):  # [queue] resolver was validated
-                raise ValueError(f"invalid resolver address {address!r}")
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [dns.nameserver.Do53Nameserver(parsed.host, parsed.port)]
-        elif "PYTEST_CURRENT_TEST" in os.environ:
-            raise SystemResolverRefused(
-                "tests must set [queue] resolver; the system resolver would query the world"
-            )
-        else:
-            resolver = dns.asyncresolver.Resolver()
-        resolver.lifetime = timeout
+        resolver = async_resolver(address, timeout=timeout)
         self._resolver = resolver
 
     async def mail_hosts(self, domain: str) -> list[MailHost]:

@@ -42,8 +42,9 @@ from postoffice.queue.client import (
     local_failure,
     opportunistic_tls,
 )
-from postoffice.queue.mx import DnsError, MailHost, MxResolver, SystemResolverRefused
+from postoffice.queue.mx import DnsError, MailHost, MxResolver
 from postoffice.queue.retry import RetryPolicy
+from postoffice.resolver import SystemResolverRefused
 from postoffice.store.api import AttemptResult, QueuedMessage, QueuedRecipient, QueueState
 
 _BATCH: Final = 1000  # messages looked at per poll

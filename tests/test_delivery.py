@@ -130,34 +130,52 @@ def parse(raw: bytes) -> email.message.EmailMessage:
 
 
 async def test_check_recipient_and_sender_pass_through_the_router(world: World) -> None:
-    assert (await world.delivery.check_recipient(Recipient("bob@example.test"), MX)).accepted
-    relay = await world.delivery.check_recipient(Recipient("x@remote.test"), MX)
+    assert (
+        await world.delivery.check_recipient(
+            Recipient("bob@example.test"), MX, sender="someone@remote.test"
+        )
+    ).accepted
+    relay = await world.delivery.check_recipient(
+        Recipient("x@remote.test"), MX, sender="someone@remote.test"
+    )
     assert relay.outcome is Outcome.RELAY_DENIED
     forged = await world.delivery.check_sender("bob@example.test", MX)
     assert forged.outcome is Outcome.SENDER_FORGED
     origin = await world.submission("bob@example.test")
     assert (await world.delivery.check_sender("postmaster@example.test", origin)).accepted
-    assert (await world.delivery.check_recipient(Recipient("x@remote.test"), origin)).accepted
+    assert (
+        await world.delivery.check_recipient(
+            Recipient("x@remote.test"), origin, sender="someone@remote.test"
+        )
+    ).accepted
 
 
 async def test_quota_full_at_rcpt(world: World) -> None:
     await world.store.set_quota("bob@example.test", None, 1)
     rcpt = Recipient("bob@example.test")
-    assert (await world.delivery.check_recipient(rcpt, MX)).accepted
+    assert (await world.delivery.check_recipient(rcpt, MX, sender="someone@remote.test")).accepted
     assert outcomes(await world.delivery.deliver(envelope("bob@example.test"), message(), MX)) == [
         Outcome.ACCEPTED
     ]
-    verdict = await world.delivery.check_recipient(rcpt, MX)
+    verdict = await world.delivery.check_recipient(rcpt, MX, sender="someone@remote.test")
     assert verdict.outcome is Outcome.QUOTA_FULL
     # An alias still reaching a mailbox with room is accepted.
-    assert (await world.delivery.check_recipient(Recipient("fwd@example.test"), MX)).accepted
+    assert (
+        await world.delivery.check_recipient(
+            Recipient("fwd@example.test"), MX, sender="someone@remote.test"
+        )
+    ).accepted
 
 
 async def test_quota_exceeded_at_data_for_one_of_two(world: World) -> None:
     raw = message(body="x" * 2000)
     await world.store.set_quota("bob@example.test", 1000, None)
     # Bob is not full yet, so RCPT accepts him; this message would overflow his quota.
-    assert (await world.delivery.check_recipient(Recipient("bob@example.test"), MX)).accepted
+    assert (
+        await world.delivery.check_recipient(
+            Recipient("bob@example.test"), MX, sender="someone@remote.test"
+        )
+    ).accepted
     verdicts = await world.delivery.deliver(
         envelope("bob@example.test", "alice@example.test"), raw, LMTP
     )

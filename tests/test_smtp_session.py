@@ -1127,10 +1127,15 @@ def test_many_concurrent_sessions(smtp: SmtpServer) -> None:
 class BrokenDelivery:
     """Accepts every address, then fails to deliver (a store outage, a bug)."""
 
+    async def check_connect(self, origin: Origin) -> Verdict:
+        return ACCEPTED
+
     async def check_sender(self, sender: str, origin: Origin) -> Verdict:
         return ACCEPTED
 
-    async def check_recipient(self, recipient: Recipient, origin: Origin) -> Verdict:
+    async def check_recipient(
+        self, recipient: Recipient, origin: Origin, *, sender: str
+    ) -> Verdict:
         if recipient.address.startswith("crash"):
             raise RuntimeError("routing exploded")
         return ACCEPTED

@@ -15,6 +15,7 @@ from postoffice.store.model import Envelope, Recipient
 
 __all__ = [
     "ACCEPTED",
+    "INTERNAL",
     "Envelope",
     "Origin",
     "Outcome",
@@ -23,11 +24,16 @@ __all__ = [
 ]
 
 
+# The listener name of mail the server itself sends on: bounces, Sieve redirects, vacation
+# replies.  It may relay, and the connection-level and sender checks skip it.
+INTERNAL = "internal"
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Who handed the message over, for trace headers, logs and policy."""
 
-    listener: str  # "smtp", "submission", "submissions", "lmtp"
+    listener: str  # "smtp", "submission", "submissions", "lmtp", "webmail", INTERNAL
     protocol: str  # RFC 3848 "with" keyword: ESMTP, ESMTPS, ESMTPSA, LMTP, LMTPS, ...
     helo: str
     peer_ip: str  # "" on a unix socket

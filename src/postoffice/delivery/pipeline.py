@@ -1,9 +1,13 @@
-"""One delivery, start to end: policy, routing, trace headers, store and queue (DESIGN §4).
+"""One delivery, start to end: policy, filters, routing, trace headers, store and queue
+(DESIGN §4).
 
-The SMTP, submission and LMTP sessions call `check_sender` at MAIL, `check_recipient` at
-RCPT and `deliver` after DATA/BDAT.  `deliver` returns only once every copy it reports as
-accepted is durable: local copies through one `store.append` (one blob, one group-committed
-transaction), remote ones through the outbound queue.
+The SMTP, submission and LMTP sessions call `check_connect` before the greeting,
+`check_sender` at MAIL, `check_recipient` at RCPT and `deliver` after DATA/BDAT; webmail
+calls the same.  `deliver` runs the message filters once, then per local account the
+recipient filters (junk, Sieve), which decide the mailboxes its copies go to, and returns
+only once every copy it reports as accepted is durable: local copies through one
+`store.append` (one blob, one group-committed transaction), remote ones through the
+outbound queue.  Sieve redirects and vacation replies then go out as the server's own mail.
 """
 
 from __future__ import annotations
@@ -17,9 +21,19 @@ from dataclasses import dataclass, field
 
 from postoffice.context import Context
 from postoffice.delivery import bounce, trace
-from postoffice.delivery.model import ACCEPTED, Envelope, Origin, Outcome, Recipient, Verdict
+from postoffice.delivery.model import (
+    ACCEPTED,
+    INTERNAL,
+    Envelope,
+    Origin,
+    Outcome,
+    Recipient,
+    Verdict,
+)
 from postoffice.delivery.routing import LocalDestination, Route, Router
-from postoffice.store.model import Account, AppendTarget, QuotaExceeded
+from postoffice.filters.api import JUNK_FOLDER, FileInto, Findings, LocalPlan, Message
+from postoffice.filters.chain import FilterChain, build_filters
+from postoffice.store.model import Account, AlreadyExists, AppendTarget, QuotaExceeded
 
 _HEADER_POLICY = email.policy.default
 
@@ -92,19 +106,33 @@ def _combine(outcomes: Sequence[Verdict]) -> Verdict:
     return outcomes[0]
 
 
-class Delivery:
-    """The delivery core shared by every SMTP, submission and LMTP session."""
+def _internal(origin: Origin) -> Origin:
+    """The origin of mail the server sends on its own: bounces, redirects, auto-replies."""
+    return dataclasses.replace(origin, listener=INTERNAL, account_id=None, auth_address=None)
 
-    def __init__(self, ctx: Context) -> None:
+
+class Delivery:
+    """The delivery core shared by every SMTP, submission, LMTP and webmail session."""
+
+    def __init__(self, ctx: Context, filters: FilterChain | None = None) -> None:
         self.ctx = ctx
         self.store = ctx.store
         self.router = Router(ctx.store, ctx.config)
+        self.filters = filters if filters is not None else build_filters(ctx)
         self.log = ctx.logger("delivery")
 
-    async def check_sender(self, sender: str, origin: Origin) -> Verdict:
-        return await self.router.check_sender(sender, origin)
+    async def check_connect(self, origin: Origin) -> Verdict:
+        return await self.filters.check_connect(origin) or ACCEPTED
 
-    async def check_recipient(self, recipient: Recipient, origin: Origin) -> Verdict:
+    async def check_sender(self, sender: str, origin: Origin) -> Verdict:
+        verdict = await self.router.check_sender(sender, origin)
+        if not verdict.accepted:
+            return verdict
+        return await self.filters.check_sender(sender, origin) or verdict
+
+    async def check_recipient(
+        self, recipient: Recipient, origin: Origin, *, sender: str
+    ) -> Verdict:
         route = await self.router.route(recipient.address, origin)
         if not route.verdict.accepted:
             return route.verdict
@@ -112,7 +140,8 @@ class Delivery:
         # message that would overflow a mailbox is refused at DATA instead.
         if route.local and not route.remote and all(_quota_full(d.account) for d in route.local):
             return Verdict(Outcome.QUOTA_FULL, "mailbox full")
-        return ACCEPTED
+        # After routing, so an unknown user gets 550 rather than "greylisted, try again".
+        return await self.filters.check_recipient(sender, recipient.address, origin) or ACCEPTED
 
     async def deliver(self, envelope: Envelope, raw: bytes, origin: Origin) -> list[Verdict]:
         """Deliver or queue `raw` for every recipient; one verdict per envelope recipient."""
@@ -148,6 +177,15 @@ class Delivery:
             refused = await self._check_from(raw, origin.account_id)
             if refused is not None:
                 return [refused] * len(recipients)
+        message = Message(envelope, raw, origin)
+        # The server's own mail was scanned as it came in (or is ours): scan nothing twice.
+        findings = Findings() if origin.listener == INTERNAL else await self.filters.scan(message)
+        if findings.refusal is not None:
+            copies.append(f"refused:{findings.refusal.outcome.value}")
+            return [findings.refusal] * len(recipients)
+        if findings.quarantined:
+            copies.append("quarantined")
+            return [ACCEPTED] * len(recipients)
         try:
             routes = await asyncio.gather(
                 *(self.router.route(r.address, origin) for r in recipients)
@@ -162,14 +200,15 @@ class Delivery:
                 destinations.add(index, recipient, route)
             else:
                 verdicts[index] = route.verdict
-        received = trace.received(
+        # What the filters found goes above our Received, as later trace fields do.
+        received = trace.added_fields(findings.headers) + trace.received(
             origin,
             self.ctx.config.server.hostname,
             recipients[0].address if len(recipients) == 1 else None,
             origin.received_at,
         )
         local, remote = await asyncio.gather(
-            self._store_local(received, envelope, raw, origin, destinations),
+            self._store_local(received, message, findings, destinations),
             self._enqueue(received + raw, envelope, origin, destinations),
         )
         outcomes: list[list[Verdict]] = [[] for _ in recipients]
@@ -202,8 +241,7 @@ class Delivery:
             route = await self.router.route(envelope.sender, origin)
             if route.verdict.accepted and route.local:
                 # As the system, not as the user: the report's From: is MAILER-DAEMON.
-                system = dataclasses.replace(origin, account_id=None, auth_address=None)
-                results = await self._deliver(notice, report, system, [])
+                results = await self._deliver(notice, report, _internal(origin), [])
                 if not results[0].accepted:
                     raise RuntimeError(f"bounce to {envelope.sender} not stored")
             else:
@@ -229,42 +267,49 @@ class Delivery:
     async def _store_local(
         self,
         received: bytes,
-        envelope: Envelope,
-        raw: bytes,
-        origin: Origin,
+        message: Message,
+        findings: Findings,
         destinations: _Destinations,
     ) -> dict[int, Verdict]:
-        """Append one copy per local account; the verdict for each account id."""
+        """Store each local account's copies where its plan says; the verdict per account id."""
+        origin = message.origin
+        plans = {
+            account_id: LocalPlan(destination.account, destination.delivered_to, findings)
+            for account_id, (destination, _) in destinations.local.items()
+        }
+        for plan in plans.values():
+            if findings.junk:
+                plan.keep_into = JUNK_FOLDER
+        await asyncio.gather(*(self.filters.plan(message, plan) for plan in plans.values()))
         results: dict[int, Verdict] = {}
-        pending: dict[int, tuple[LocalDestination, int]] = {}
-        try:
-            mailboxes = await asyncio.gather(
-                *(self.store.get_mailbox(account_id, "INBOX") for account_id in destinations.local)
-            )
-        except Exception as exc:
-            self._failed(origin, "mailbox lookup", exc)
-            mailboxes = [None] * len(destinations.local)
-        for (account_id, (destination, _)), mailbox in zip(
-            destinations.local.items(), mailboxes, strict=True
-        ):
-            if mailbox is None:
+        pending: dict[int, list[AppendTarget]] = {}
+        for account_id, plan in plans.items():
+            if plan.refusal is not None:
+                results[account_id] = plan.refusal
+                continue
+            try:
+                pending[account_id] = await self._append_targets(plan, origin)
+            except Exception as exc:
+                self._failed(origin, "mailbox lookup", exc)
                 results[account_id] = Verdict(Outcome.TEMPORARY_FAILURE, "mailbox unavailable")
-            else:
-                pending[account_id] = (destination, mailbox.id)
-        if not pending:
-            return results
         # Shared by every copy, so the blob is one (DESIGN §3); Delivered-To is per entry.
-        content = trace.return_path(envelope.sender) + received + trace.strip_return_path(raw)
+        envelope = message.envelope
+        content = (
+            trace.return_path(envelope.sender) + received + trace.strip_return_path(message.raw)
+        )
+        # An account whose plan stores nothing (discard, redirect) is done already.
+        results.update((account_id, ACCEPTED) for account_id, t in pending.items() if not t)
+        pending = {account_id: targets for account_id, targets in pending.items() if targets}
         # Each QuotaExceeded drops one account and tries again, so this ends.
         while pending:
-            targets = [
-                AppendTarget(mailbox_id, prefix=trace.delivered_to(d.delivered_to))
-                for d, mailbox_id in pending.values()
-            ]
             try:
-                await self.store.append(content, targets, origin.received_at)
+                await self.store.append(
+                    content,
+                    [t for targets in pending.values() for t in targets],
+                    origin.received_at,
+                )
             except QuotaExceeded as exc:
-                full = self._account_named(pending, exc.address)
+                full = self._account_named(plans, pending, exc.address)
                 if full is None:
                     self._failed(origin, "append", exc)
                     break
@@ -283,14 +328,85 @@ class Delivery:
             (account_id, Verdict(Outcome.TEMPORARY_FAILURE, "mailbox unavailable, try later"))
             for account_id in pending
         )
+        for account_id, plan in plans.items():
+            if results[account_id].accepted and (plan.redirects or plan.replies):
+                results[account_id] = await self._follow_up(plan, message, received + message.raw)
         return results
+
+    async def _append_targets(self, plan: LocalPlan, origin: Origin) -> list[AppendTarget]:
+        """The store's targets for the plan's copies, each mailbox once."""
+        prefix = trace.delivered_to(plan.delivered_to) + trace.added_fields(plan.headers)
+        targets: dict[int, AppendTarget] = {}
+        for copy in plan.targets():
+            mailbox_id = await self._mailbox_for(plan.account, copy, origin)
+            if mailbox_id not in targets:
+                targets[mailbox_id] = AppendTarget(
+                    mailbox_id, flags=copy.flags, keywords=copy.keywords, prefix=prefix
+                )
+        return list(targets.values())
+
+    async def _mailbox_for(self, account: Account, copy: FileInto, origin: Origin) -> int:
+        """The mailbox a copy goes to; INBOX when the one named is missing (RFC 5228 §4.1:
+        a fileinto that cannot be done falls back to keep)."""
+        if copy.special_use is not None:
+            for candidate in await self.store.list_mailboxes(account.id):
+                if candidate.special_use == copy.special_use:
+                    return candidate.id
+        mailbox = await self.store.get_mailbox(account.id, copy.mailbox)
+        if mailbox is None and (copy.create or copy.special_use is not None):
+            try:
+                mailbox = await self.store.create_mailbox(account.id, copy.mailbox)
+            except AlreadyExists:
+                mailbox = await self.store.get_mailbox(account.id, copy.mailbox)
+        if mailbox is None:
+            self.log.info(
+                "no such mailbox, keeping in INBOX",
+                extra={"session": origin.session_id, "mailbox": copy.mailbox},
+            )
+            mailbox = await self.store.get_mailbox(account.id, "INBOX")
+        if mailbox is None:
+            raise LookupError(f"{account.address} has no INBOX")
+        return mailbox.id
+
+    async def _follow_up(self, plan: LocalPlan, message: Message, content: bytes) -> Verdict:
+        """Send the plan's redirects and auto-replies once its copies are stored.
+
+        A redirect carries the account's mail on, so when nothing was stored its failure is
+        the recipient's (451: the client sends again); a failed auto-reply is only logged.
+        """
+        origin = message.origin
+        system = _internal(origin)
+        failure: Verdict | None = None
+        # This account's Delivered-To marks the copy, so a redirect back here shows as a loop.
+        forwarded = trace.delivered_to(plan.account.address) + content
+        for address in plan.redirects:
+            if trace.delivered_here(content, address):
+                self.log.warning(
+                    "redirect loop dropped", extra={"session": origin.session_id, "to": address}
+                )
+                continue
+            # RFC 5228 §4.2: the redirected message keeps its envelope sender.
+            redirected = Envelope(message.envelope.sender, (Recipient(address),))
+            [result] = await self._deliver(redirected, forwarded, system, [])
+            if not result.accepted and failure is None:
+                failure = result
+        for reply in plan.replies:
+            [result] = await self._deliver(
+                Envelope(reply.sender, (Recipient(reply.recipient),)), reply.raw, system, []
+            )
+            if not result.accepted:
+                self.log.warning(
+                    "auto-reply not sent",
+                    extra={"session": origin.session_id, "to": reply.recipient},
+                )
+        return failure if failure is not None and not plan.targets() else ACCEPTED
 
     @staticmethod
     def _account_named(
-        pending: dict[int, tuple[LocalDestination, int]], address: str
+        plans: dict[int, LocalPlan], pending: dict[int, list[AppendTarget]], address: str
     ) -> int | None:
-        for account_id, (destination, _) in pending.items():
-            if destination.account.address.lower() == address.lower():
+        for account_id in pending:
+            if plans[account_id].account.address.lower() == address.lower():
                 return account_id
         return None
 

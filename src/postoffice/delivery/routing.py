@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from postoffice.config import Config
-from postoffice.delivery.model import ACCEPTED, Origin, Outcome, Verdict
+from postoffice.delivery.model import ACCEPTED, INTERNAL, Origin, Outcome, Verdict
 from postoffice.store.api import Store
 from postoffice.store.model import Account
 
@@ -23,7 +23,7 @@ MAX_ALIAS_DEPTH: Final = 10
 
 # LMTP is a hand-over from a trusted MTA on this host (RFC 2033 §1): mail it passes on may
 # carry any sender, including our own domains (mailing lists, forwarders).
-TRUSTED_LISTENERS: Final = frozenset({"lmtp"})
+TRUSTED_LISTENERS: Final = frozenset({"lmtp", INTERNAL})
 
 # Characters that end or split an address anywhere outside a quoted local part
 # (RFC 5322 §3.2.3 specials, plus space and controls, checked separately).
@@ -181,7 +181,7 @@ class Router:
             address = parse_address(text)
         except AddressError as exc:
             return Route(Verdict(Outcome.BAD_ADDRESS, str(exc)))
-        trusted = origin.account_id is not None
+        trusted = origin.account_id is not None or origin.listener == INTERNAL
         if not trusted:
             refused = _relay_form(address)
             if refused is not None:

@@ -10,6 +10,7 @@ import datetime as dt
 import email.utils
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from postoffice.delivery.model import Origin
@@ -115,3 +116,30 @@ def strip_return_path(raw: bytes) -> bytes:
         if not dropping:
             kept.append(line)
     return b"".join(kept) + raw[end:]
+
+
+_FIELD_NAME: Final = re.compile(r"[!-9;-~]{1,76}")
+_CONTROLS: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def added_fields(fields: Sequence[tuple[str, str]]) -> bytes:
+    """Header fields the filters add (Authentication-Results, X-Spam-*, ...), CRLF-ended.
+
+    A stage's value may hold line breaks meant as folding; any other control character, or
+    a break not followed by whitespace, must not reach the stored message.
+    """
+    out = []
+    for name, value in fields:
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"invalid header field name {name!r}")
+        lines = [_CONTROLS.sub("?", line.strip()) for line in value.splitlines()]
+        out.append(f"{name}: " + "\r\n\t".join(line for line in lines if line) + "\r\n")
+    return "".join(out).encode()
+
+
+def delivered_here(raw: bytes, address: str) -> bool:
+    """Whether the message already carries `Delivered-To: address`: it has been through this
+    mailbox before, so sending it on again would loop."""
+    wanted = f"delivered-to: {address}".lower().encode()
+    head = raw[: _header_end(raw)].lower()
+    return any(line.strip() == wanted for line in head.split(b"\r\n"))

@@ -24,9 +24,10 @@ from functools import cached_property
 from typing import Literal, Protocol
 
 from postoffice.delivery.model import Envelope, Origin, Outcome, Verdict
-from postoffice.store.model import NO_FLAGS, Account, Flag
+from postoffice.store.model import NO_FLAGS, Account, Flag, SpecialUse
 
 __all__ = [
+    "JUNK_FOLDER",
     "AutoReply",
     "FileInto",
     "Findings",
@@ -71,8 +72,8 @@ class Message:
 
     @property
     def from_world(self) -> bool:
-        """Unauthenticated mail on the smtp or lmtp listener: sender checks apply to it."""
-        return self.origin.account_id is None
+        """Unauthenticated mail from another MTA: sender checks apply to it."""
+        return self.origin.account_id is None and self.origin.listener in ("smtp", "lmtp")
 
 
 @dataclass(slots=True)
@@ -103,6 +104,12 @@ class FileInto:
     flags: Flag = NO_FLAGS
     keywords: frozenset[str] = frozenset()
     create: bool = False  # RFC 5490 :create; otherwise a missing mailbox means INBOX
+    # Set: the account's mailbox with this special use, whatever the user renamed it to
+    # (`mailbox` is then only the name to create when it has none).
+    special_use: SpecialUse | None = None
+
+
+JUNK_FOLDER = FileInto("Junk", special_use=SpecialUse.JUNK)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from postoffice.auth.authenticator import (
 from postoffice.auth.sasl import mechanisms_offered
 from postoffice.config import Network
 from postoffice.context import Clock
-from postoffice.delivery.model import Envelope, Origin, Recipient, Verdict
+from postoffice.delivery.model import Envelope, Origin, Outcome, Recipient, Verdict
 from postoffice.listeners import Connection, discard_buffered
 from postoffice.smtp import replies as r
 from postoffice.smtp.data import ChunkCollector, DataReader, Received
@@ -65,7 +65,10 @@ class DeliveryPort(Protocol):
     """What the session needs of `postoffice.delivery.pipeline.Delivery`."""
 
     async def check_sender(self, sender: str, origin: Origin) -> Verdict: ...
-    async def check_recipient(self, recipient: Recipient, origin: Origin) -> Verdict: ...
+    async def check_connect(self, origin: Origin) -> Verdict: ...
+    async def check_recipient(
+        self, recipient: Recipient, origin: Origin, *, sender: str
+    ) -> Verdict: ...
     async def deliver(self, envelope: Envelope, raw: bytes, origin: Origin) -> list[Verdict]: ...
 
 
@@ -198,6 +201,11 @@ class SmtpSession:
 
     async def _serve(self) -> None:
         kind = "LMTP" if self.policy.lmtp else "ESMTP"
+        refusal = await self._connect_refusal()
+        if refusal is not None:
+            self.reply(refusal)
+            await self._flush()
+            return
         # RFC 2034 §3: no enhanced status code in the greeting.
         self.reply(Reply(220, None, f"{self.policy.hostname} {kind} postoffice ready"))
         try:
@@ -217,6 +225,26 @@ class SmtpSession:
         except _Stopping:
             self.reply(r.SMTP_421_SHUTTING_DOWN)
         await self._flush()
+
+    async def _connect_refusal(self) -> Reply | None:
+        """The greeting that turns the client away (rate limits), or None to let it in."""
+        origin = Origin(
+            listener=self.policy.listener,
+            protocol="SMTP",
+            helo="",
+            peer_ip=self.conn.peer,
+            session_id=self.conn.session_id,
+            tls=self._tls_description(),
+            received_at=self.clock.now(),
+        )
+        verdict = await self.delivery.check_connect(origin)
+        if verdict.accepted:
+            return None
+        text = " ".join(verdict.detail.split()) or "Service not available"
+        # RFC 5321 §3.1: 554 instead of the greeting refuses the client; 421 says "later".
+        # Either way the server closes at once rather than wait for a QUIT (§3.8).
+        permanent = verdict.outcome in (Outcome.BLOCKED, Outcome.REJECTED)
+        return Reply(554 if permanent else 421, None, f"{self.policy.hostname} {text}")
 
     async def _watch_stopping(self) -> None:
         await self.conn.stopping.wait()
@@ -500,7 +528,9 @@ class SmtpSession:
             self.reply(r.SMTP_452_TOO_MANY_RECIPIENTS)
             return
         recipient = Recipient(args.path.address, args.notify, args.orcpt)
-        verdict = await self.delivery.check_recipient(recipient, tx.origin)
+        verdict = await self.delivery.check_recipient(
+            recipient, tx.origin, sender=tx.mail.path.address
+        )
         reply = r.for_rcpt(verdict)
         if not verdict.accepted:
             self.failed(reply)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import imaplib
+import smtplib
 import socket
 import time
 import urllib.request
 from pathlib import Path
 
-from conftest import ServeProcess, StartServe
+from conftest import Cli, ServeProcess, StartServe, set_config
 
 ADDRESS = "alice@example.test"
 
@@ -83,3 +86,36 @@ def test_idle_keep_alive_is_closed(data_dir: Path, start_serve: StartServe) -> N
         assert sock.recv(100) == b""  # closed by the server, nothing sent
         assert time.monotonic() - started < 5
     assert server.stop() == 0
+
+
+def test_metrics_count_connections_deliveries_and_failed_logins(
+    cli: Cli, data_dir: Path, start_serve: StartServe
+) -> None:
+    set_config(data_dir, "http", "metrics_token", '"s3cret"')
+    cli.ok("user", "add", ADDRESS, "--password-stdin", stdin="correct horse\n")
+    server = start_serve()
+    with smtplib.SMTP(*server.address("smtp"), timeout=10) as smtp:
+        smtp.sendmail(
+            "someone@remote.test", [ADDRESS, "nobody@example.test"], b"Subject: hi\r\n\r\nhi\r\n"
+        )
+    with (
+        imaplib.IMAP4(*server.address("imap"), timeout=10) as imap,
+        contextlib.suppress(imaplib.IMAP4.error),
+    ):
+        imap.login(ADDRESS, "wrong password")
+    conn = http.client.HTTPConnection(*server.address("http"), timeout=10)
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": "Bearer s3cret"})
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['postoffice_connections_accepted_total{listener="smtp"}'] == 1
+    assert samples['postoffice_connections_accepted_total{listener="imap"}'] == 1
+    assert samples['postoffice_connections_open{listener="http"}'] == 1  # this request
+    assert samples['postoffice_deliveries_total{outcome="accepted"}'] == 1
+    assert samples["postoffice_auth_failures_total"] == 1

@@ -17,6 +17,7 @@ from postoffice.auth.authenticator import Authenticator
 from postoffice.auth.throttle import LoginThrottle, ThrottleConfig
 from postoffice.config import AuthConfig, Config
 from postoffice.log import BoundLogger, get_logger
+from postoffice.metrics import Metrics
 from postoffice.store import Store, open_store
 from postoffice.tls import build_server_context
 
@@ -54,10 +55,11 @@ class Context:
     logger: LoggerFactory = get_logger
     # One per process like the throttle, so every protocol's logins are checked alike.
     authenticator: Authenticator = field(init=False)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self.authenticator = Authenticator(
-            self.store.get_credentials, self.throttle, self.clock.monotonic
+            self.store.get_credentials, self.throttle, self.clock.monotonic, metrics=self.metrics
         )
 
     async def close(self) -> None:

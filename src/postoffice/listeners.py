@@ -278,11 +278,13 @@ class ListenerGroup:
             self._log.info(
                 "connection refused: %s", refused, extra={"listener": listener.name, "peer": peer}
             )
+            self._ctx.metrics.connections_refused[listener.name] += 1
             with contextlib.suppress(OSError):
                 writer.write(entry.handler.refusal(refused))
             await _close(writer)
             return
         self._open += 1
+        self._ctx.metrics.connection_opened(listener.name)
         self._per_ip[peer] = self._per_ip.get(peer, 0) + 1
         session_id = new_session_id()
         log = self._ctx.logger(listener.name, session=session_id, peer=peer or "unix")
@@ -304,6 +306,7 @@ class ListenerGroup:
             log.exception("session failed")
         finally:
             self._open -= 1
+            self._ctx.metrics.connection_closed(listener.name)
             if self._per_ip[peer] == 1:
                 del self._per_ip[peer]
             else:

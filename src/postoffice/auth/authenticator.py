@@ -31,6 +31,7 @@ from postoffice.auth.sasl import (
     new_mechanism,
 )
 from postoffice.auth.throttle import LoginThrottle
+from postoffice.metrics import Metrics
 from postoffice.store.model import Credentials
 
 __all__ = [
@@ -106,6 +107,7 @@ class Authenticator:
         throttle: LoginThrottle,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         """`credentials_lookup` is the store's `get_credentials`; `clock` the monotonic clock
         the throttle also uses; `sleep` waits out throttle delays (a test passes a recorder)."""
@@ -113,6 +115,7 @@ class Authenticator:
         self._throttle = throttle
         self._clock = clock
         self._sleep = sleep
+        self._metrics = metrics if metrics is not None else Metrics()
         # Unknown users are verified against this, so they cost the same argon2 time as
         # known ones and the response time does not reveal which accounts exist.
         self._dummy_hash = hash_password(secrets.token_urlsafe(24))
@@ -257,6 +260,7 @@ class Authenticator:
 
     def _failed(self, ip: str, account: str | None, reason: str) -> AuthFailure:
         self._throttle.record_failure(ip, account)
+        self._metrics.auth_failures += 1
         # Logged at INFO with the client address so fail2ban-style tools can act on it.
         log.info("login failed for %s from %s: %s", account, ip, reason)
         return AuthFailure(reason)

@@ -160,6 +160,7 @@ class Delivery:
                 "copies": ",".join(copies),
             },
         )
+        self.ctx.metrics.deliveries.update(v.outcome.value for v in verdicts)
         accepted = sum(v.accepted for v in verdicts)
         if origin.listener != "lmtp" and 0 < accepted < len(verdicts):
             # SMTP can say only one thing about the message: 250, since some copies are

@@ -8,9 +8,12 @@ process never share counters.  Webmail adds its routes to the same app.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -18,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postoffice.context import Context
+from postoffice.metrics import Metrics
 from postoffice.store.api import QueueState
 from postoffice.web import autoconfig
 
@@ -135,6 +139,7 @@ class _Views:
             f"Messages waiting for remote delivery (counted up to {QUEUE_COUNT_CAP}).",
             registry=registry,
         ).set(len(pending))
+        _process_counters(self.ctx.metrics, registry)
         throttle = self.ctx.throttle
         Gauge(
             "postoffice_auth_failing_ips",
@@ -150,6 +155,42 @@ class _Views:
 
     async def _local(self, domain: str) -> bool:
         return bool(domain) and await self.ctx.store.is_local_domain(domain)
+
+
+def _process_counters(metrics: Metrics, registry: CollectorRegistry) -> None:
+    """This process's connection, delivery and login counters (metrics.py)."""
+    open_now = Gauge(
+        "postoffice_connections_open", "Open connections.", ["listener"], registry=registry
+    )
+    for listener, count in metrics.connections_open.items():
+        open_now.labels(listener).set(count)
+    for name, counter, text in (
+        ("connections_accepted", metrics.connections_total, "Connections accepted."),
+        ("connections_refused", metrics.connections_refused, "Connections refused by limits."),
+    ):
+        family = CounterMetricFamily(f"postoffice_{name}", text, labels=["listener"])
+        for listener, count in counter.items():
+            family.add_metric([listener], count)
+        registry.register(_Collected(family))
+    deliveries = CounterMetricFamily(
+        "postoffice_deliveries", "Recipients of received messages, by outcome.", labels=["outcome"]
+    )
+    for outcome, count in metrics.deliveries.items():
+        deliveries.add_metric([outcome], count)
+    registry.register(_Collected(deliveries))
+    failures = CounterMetricFamily("postoffice_auth_failures", "Failed logins, every protocol.")
+    failures.add_metric([], metrics.auth_failures)
+    registry.register(_Collected(failures))
+
+
+class _Collected(Collector):
+    """One metric family read from our own counters at scrape time."""
+
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterable[Metric]:
+        return [self.family]
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes | None:

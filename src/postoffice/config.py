@@ -868,6 +868,14 @@ class RateLimitsConfig:
         default=5000,
         metadata=_about("Accepted recipients per hour from one IP.", _int(0, 10**9)),
     )
+    exempt_networks: tuple[Network, ...] = field(
+        default=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        metadata=_about(
+            "Client networks no rate limit applies to (local relays, this host).",
+            _networks,
+            _render_networks,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

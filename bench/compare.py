@@ -490,6 +490,7 @@ class Postoffice:
         listen += [f"--listen={name}=off" for name in LISTENER_NAMES if name not in served]
         # The log goes to a file: a pipe nobody reads would fill up and stall the server.
         log_path = self.data / "serve.log"
+        serving.confine_dns(self.data)
         exe = [sys.executable, "-m", "postoffice", "--data", str(self.data), "serve"]
         with log_path.open("a") as log:
             start = log.tell()

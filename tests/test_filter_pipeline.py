@@ -287,3 +287,23 @@ async def test_auto_reply_is_sent_with_a_null_sender(world: World) -> None:
     [reply] = await world.inbox(alice)
     assert parse(reply)["Return-Path"] == "<>"
     assert parse(reply)["Subject"] == "Auto: away"
+
+
+async def test_results_claiming_to_be_ours_are_removed(world: World) -> None:
+    use(world)
+    forged = (
+        b"Authentication-Results: mx.example.test; spf=pass\r\n smtp.mailfrom=bank.test\r\n"
+        b"Authentication-Results: elsewhere.test; dkim=pass\r\n" + message()
+    )
+    await world.delivery.deliver(envelope("bob@example.test"), forged, MX)
+    submission = await world.submission("bob@example.test")
+    own = b"Authentication-Results: mx.example.test; dmarc=none\r\n" + message("bob@example.test")
+    await world.delivery.deliver(
+        envelope("alice@example.test", sender="bob@example.test"), own, submission
+    )
+    [stored] = await world.inbox("bob@example.test")
+    assert parse(stored).get_all("Authentication-Results") == ["elsewhere.test; dkim=pass"]
+    assert b"smtp.mailfrom=bank.test" not in stored
+    # A logged-in user's message is not from the world: it is left alone.
+    [sent] = await world.inbox("alice@example.test")
+    assert parse(sent)["Authentication-Results"] == "mx.example.test; dmarc=none"

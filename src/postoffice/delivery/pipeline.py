@@ -179,6 +179,8 @@ class Delivery:
             if refused is not None:
                 return [refused] * len(recipients)
         message = Message(envelope, raw, origin)
+        if message.from_world:
+            raw = message.raw = trace.strip_forged_results(raw, self.ctx.config.server.hostname)
         # The server's own mail was scanned as it came in (or is ours): scan nothing twice.
         findings = Findings() if origin.listener == INTERNAL else await self.filters.scan(message)
         if findings.refusal is not None:

@@ -10,7 +10,7 @@ import datetime as dt
 import email.utils
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from postoffice.delivery.model import Origin
@@ -104,15 +104,35 @@ def strip_return_path(raw: bytes) -> bytes:
     RFC 5321 §4.4: the final-delivery server MAY remove them before adding its own; a
     Return-Path the sender wrote could otherwise pass for the envelope sender.
     """
+    return _strip_fields(raw, b"return-path", lambda first_line: True)
+
+
+def strip_forged_results(raw: bytes, hostname: str) -> bytes:
+    """The message without Authentication-Results fields that claim to be ours.
+
+    RFC 8601 §5: a message from elsewhere may carry results naming our authserv-id, written
+    to pass for our own checks; they are removed before our own are added.
+    """
+    ours = hostname.lower().encode()
+
+    def claims_ours(first_line: bytes) -> bool:
+        value = first_line.split(b":", 1)[1].strip().lower()
+        return value.split(b";", 1)[0].split()[:1] == [ours]
+
+    return _strip_fields(raw, b"authentication-results", claims_ours)
+
+
+def _strip_fields(raw: bytes, name: bytes, drop: Callable[[bytes], bool]) -> bytes:
+    """`raw` without the header fields called `name` whose first line `drop` picks."""
     end = _header_end(raw)
-    if b"return-path:" not in raw[:end].lower():
+    if name + b":" not in raw[:end].lower():
         return raw
     kept: list[bytes] = []
     dropping = False
     for line in _LINES.split(raw[:end]):
         # A folded continuation line belongs to the field above it.
         if line[:1] not in (b" ", b"\t"):
-            dropping = line.split(b":", 1)[0].strip().lower() == b"return-path"
+            dropping = line.split(b":", 1)[0].strip().lower() == name and drop(line)
         if not dropping:
             kept.append(line)
     return b"".join(kept) + raw[end:]

@@ -43,10 +43,13 @@ def test_an_empty_file_means_all_defaults() -> None:
 def test_every_setting_is_written_under_a_one_line_comment() -> None:
     lines = render_config(Config(), "example.test").splitlines()
     for section in dataclasses.fields(Config):
-        assert f"[{section.name}]" in lines
+        start = lines.index(f"[{section.name}]")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), None)
+        body = lines[start:end]
         for setting in dataclasses.fields(getattr(Config(), section.name)):
-            [index] = [i for i, line in enumerate(lines) if line.startswith(f"{setting.name} = ")]
-            comment = lines[index - 1]
+            # The same name may be a setting of several sections (enabled, on_failure, ...).
+            [index] = [i for i, line in enumerate(body) if line.startswith(f"{setting.name} = ")]
+            comment = body[index - 1]
             assert re.fullmatch(r"# \S.{8,}", comment), (setting.name, comment)
 
 

@@ -25,8 +25,9 @@ from postoffice.config import RelayConfig
 from postoffice.delivery.model import Envelope, Origin, Recipient
 from postoffice.delivery.pipeline import Delivery
 from postoffice.locks import queue_lock
-from postoffice.queue.mx import MxResolver, SystemResolverRefused
+from postoffice.queue.mx import MxResolver
 from postoffice.queue.worker import QueueWorker
+from postoffice.resolver import SystemResolverRefused
 from postoffice.store.api import QueueState
 
 

@@ -293,7 +293,8 @@ async def test_results_claiming_to_be_ours_are_removed(world: World) -> None:
     use(world)
     forged = (
         b"Authentication-Results: mx.example.test; spf=pass\r\n smtp.mailfrom=bank.test\r\n"
-        b"Authentication-Results: elsewhere.test; dkim=pass\r\n" + message()
+        b"Authentication-Results: elsewhere.test; dkim=pass\r\n"
+        b"X-Spam-Status: No, score=-100\r\nX-Spam-Flag:\r\n NO\r\n" + message()
     )
     await world.delivery.deliver(envelope("bob@example.test"), forged, MX)
     submission = await world.submission("bob@example.test")
@@ -304,6 +305,7 @@ async def test_results_claiming_to_be_ours_are_removed(world: World) -> None:
     [stored] = await world.inbox("bob@example.test")
     assert parse(stored).get_all("Authentication-Results") == ["elsewhere.test; dkim=pass"]
     assert b"smtp.mailfrom=bank.test" not in stored
+    assert b"X-Spam" not in stored and b" NO\r\n" not in stored
     # A logged-in user's message is not from the world: it is left alone.
     [sent] = await world.inbox("alice@example.test")
     assert parse(sent)["Authentication-Results"] == "mx.example.test; dmarc=none"

@@ -18,7 +18,7 @@ import shutil
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import BinaryIO, NoReturn, TypeVar
 
 import click
 from cryptography.hazmat.primitives import serialization
@@ -41,11 +41,13 @@ from postoffice.config import (
     write_default_config,
 )
 from postoffice.context import open_configured_store
+from postoffice.filters.junk.training import train_messages, train_raw
+from postoffice.filters.sieve import SieveError, check_script
 from postoffice.listeners import ListenError
 from postoffice.log import FORMATS, configure_logging
 from postoffice.queue.dkim import DkimKey, find_key, generate_key, txt_record
 from postoffice.store import Store
-from postoffice.store.api import QueuedMessage
+from postoffice.store.api import JunkTotals, QueuedMessage, ScriptActive
 from postoffice.store.model import PopAccountPolicy, StoreError
 from postoffice.tls import TlsConfigError, generate_self_signed
 from postoffice.web import autoconfig
@@ -782,6 +784,229 @@ def dns_records(ctx: click.Context, domain_name: str) -> None:
         record = _txt_strings(_dkim_public_record(key))
         dkim_line = f"{key.selector}._domainkey.{name}. IN TXT ( {record} )"
     click.echo("\n".join(autoconfig.dns_records(config, name, dkim_line)))
+
+
+@cli.group(no_args_is_help=False)
+def sieve() -> None:
+    """Users' Sieve scripts (what ManageSieve clients manage), for the admin."""
+
+
+async def _account_id(store: Store, address: str) -> int:
+    account = await store.get_account(address)
+    if account is None:
+        raise CliError(f"no such user {address}")
+    return account.id
+
+
+@sieve.command("list")
+@click.argument("address", metavar="USER")
+@click.pass_context
+def sieve_list(ctx: click.Context, address: str) -> None:
+    """The user's scripts by name; the one that runs is marked active."""
+    address = normalise_address(address)
+
+    async def run(store: Store) -> list[tuple[str, bool]]:
+        return await store.sieve.list(await _account_id(store, address))
+
+    for name, active in _with_store(_data_dir(ctx), run):
+        click.echo(f"{name}  active" if active else name)
+
+
+@sieve.command("get")
+@click.argument("address", metavar="USER")
+@click.argument("name")
+@click.pass_context
+def sieve_get(ctx: click.Context, address: str, name: str) -> None:
+    """Print one script."""
+    address = normalise_address(address)
+
+    async def run(store: Store) -> str | None:
+        return await store.sieve.get(await _account_id(store, address), name)
+
+    content = _with_store(_data_dir(ctx), run)
+    if content is None:
+        raise CliError(f"{address} has no script {name!r}")
+    click.echo(content, nl=False)
+
+
+@sieve.command("put")
+@click.argument("address", metavar="USER")
+@click.argument("name")
+@click.argument("source", metavar="FILE|-", type=click.File("rb"))
+@click.pass_context
+def sieve_put(ctx: click.Context, address: str, name: str, source: BinaryIO) -> None:
+    """Store a script (replacing one of that name) once it is checked; `-` reads stdin."""
+    address = normalise_address(address)
+    data = _data_dir(ctx)
+    limits = _load(data).sieve
+    raw = source.read(limits.max_script_size + 1)
+    if len(raw) > limits.max_script_size:
+        raise CliError(f"script too large: at most {format_size(limits.max_script_size)}")
+    try:
+        text = raw.decode()
+        check_script(text)
+    except UnicodeDecodeError:
+        raise CliError("invalid script: not UTF-8") from None
+    except SieveError as e:
+        raise CliError(f"invalid script: {e}") from None
+
+    async def run(store: Store) -> None:
+        account_id = await _account_id(store, address)
+        names = {existing for existing, _ in await store.sieve.list(account_id)}
+        if name not in names and len(names) >= limits.max_scripts:
+            raise CliError(f"{address} already has {len(names)} scripts, the most allowed")
+        await store.sieve.put(account_id, name, text)
+
+    _with_store(data, run)
+    click.echo(f"stored script {name!r} for {address}")
+
+
+@sieve.command("activate")
+@click.argument("address", metavar="USER")
+@click.argument("name")
+@click.pass_context
+def sieve_activate(ctx: click.Context, address: str, name: str) -> None:
+    """Make NAME the script that runs on the user's incoming mail."""
+    address = normalise_address(address)
+
+    async def run(store: Store) -> None:
+        await store.sieve.activate(await _account_id(store, address), name)
+
+    _with_store(_data_dir(ctx), run)
+    click.echo(f"activated script {name!r} for {address}")
+
+
+@sieve.command("deactivate")
+@click.argument("address", metavar="USER")
+@click.pass_context
+def sieve_deactivate(ctx: click.Context, address: str) -> None:
+    """Run no script on the user's mail (the scripts are kept)."""
+    address = normalise_address(address)
+
+    async def run(store: Store) -> None:
+        await store.sieve.activate(await _account_id(store, address), None)
+
+    _with_store(_data_dir(ctx), run)
+    click.echo(f"no active script for {address}")
+
+
+@sieve.command("remove")
+@click.argument("address", metavar="USER")
+@click.argument("name")
+@click.pass_context
+def sieve_remove(ctx: click.Context, address: str, name: str) -> None:
+    """Delete a script; the active one must be deactivated first."""
+    address = normalise_address(address)
+
+    async def run(store: Store) -> None:
+        try:
+            await store.sieve.delete(await _account_id(store, address), name)
+        except ScriptActive:
+            raise CliError(
+                f"script {name!r} is active; first run: postoffice sieve deactivate {address}"
+            ) from None
+
+    _with_store(_data_dir(ctx), run)
+    click.echo(f"removed script {name!r} of {address}")
+
+
+# -- junk mail classifier (issue 8) -------------------------------------------------------------
+
+
+@cli.group(no_args_is_help=False)
+def junk() -> None:
+    """Each user's junk mail classifier: train it, see its counts, set its threshold."""
+
+
+def _message_files(path: Path) -> list[Path]:
+    """A message file, or every file under a folder (a maildir's cur/ and new/ included)."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [path]
+
+
+@junk.command("train")
+@click.option("--spam/--ham", "spam", required=True, help="Train the messages as spam or as ham.")
+@click.argument("address", metavar="USER")
+@click.argument("sources", nargs=-1, metavar="[FILES|MAILBOX]...")
+@click.pass_context
+def junk_train(ctx: click.Context, spam: bool, address: str, sources: tuple[str, ...]) -> None:
+    """Teach USER's classifier with message files, folders of them (one message per file),
+    or a mailbox of USER by name (an existing path is taken as a file); without any, one
+    message from stdin.  A message already trained the same way counts once."""
+    address = normalise_address(address)
+    files = [f for s in sources if Path(s).exists() for f in _message_files(Path(s))]
+    mailboxes = [s for s in sources if not Path(s).exists()]
+    raws = [f.read_bytes() for f in files] if sources else [sys.stdin.buffer.read()]
+
+    async def run(store: Store) -> tuple[int, int]:
+        account_id = await _account_id(store, address)
+        seen = len(raws)
+        changed = await train_raw(store, account_id, raws, spam) if raws else 0
+        for name in mailboxes:
+            mailbox = await store.get_mailbox(account_id, name)
+            if mailbox is None:
+                raise CliError(f"no file or mailbox {name!r} of {address}")
+            uids = list(await store.uids(mailbox.id))
+            seen += len(uids)
+            changed += await train_messages(store, account_id, mailbox.id, uids, spam)
+        return seen, changed
+
+    seen, changed = _with_store(_data_dir(ctx), run)
+    kind = "spam" if spam else "ham"
+    click.echo(f"trained {changed} of {seen} message(s) as {kind} for {address}")
+
+
+@junk.command("stats")
+@click.argument("address", metavar="USER")
+@click.pass_context
+def junk_stats(ctx: click.Context, address: str) -> None:
+    """How much USER's classifier has learnt, and its threshold."""
+    address = normalise_address(address)
+    data = _data_dir(ctx)
+    config = _load(data).junk
+
+    async def run(store: Store) -> tuple[JunkTotals, int]:
+        account_id = await _account_id(store, address)
+        return await store.junk.totals(account_id), await store.junk.token_count(account_id)
+
+    totals, tokens = _with_store(data, run)
+    ready = min(totals.spam, totals.ham) >= config.min_trained
+    own = totals.threshold is not None
+    threshold = totals.threshold if totals.threshold is not None else config.threshold
+    click.echo(f"spam messages: {totals.spam}")
+    click.echo(f"ham messages: {totals.ham}")
+    click.echo(f"tokens: {tokens}")
+    click.echo(f"threshold: {threshold:.2f}{'' if own else ' (default)'}")
+    click.echo(
+        "classifying: yes" if ready else f"classifying: no ({config.min_trained} of each needed)"
+    )
+
+
+@junk.command("threshold")
+@click.argument("address", metavar="USER")
+@click.argument("value")
+@click.pass_context
+def junk_threshold(ctx: click.Context, address: str, value: str) -> None:
+    """Set the spam probability (0 to 1) from which USER's mail goes to Junk; "default"
+    for the [junk] threshold of the config."""
+    address = normalise_address(address)
+    threshold: float | None = None
+    if value.lower() != "default":
+        invalid = CliError(f'invalid threshold {value!r}: above 0, at most 1, or "default"')
+        try:
+            threshold = float(value)
+        except ValueError:
+            raise invalid from None
+        if not 0.0 < threshold <= 1.0:
+            raise invalid
+
+    async def run(store: Store) -> None:
+        await store.junk.set_threshold(await _account_id(store, address), threshold)
+
+    _with_store(_data_dir(ctx), run)
+    shown = "default" if threshold is None else f"{threshold:.2f}"
+    click.echo(f"junk threshold of {address}: {shown}")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

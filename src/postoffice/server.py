@@ -25,6 +25,7 @@ from postoffice.context import open_context, server_tls_context
 from postoffice.imap.handler import IMAP_LISTENERS, imap_handlers
 from postoffice.listeners import BoundListener, ListenerGroup, ProtocolRegistry, bind
 from postoffice.log import BoundLogger, get_logger
+from postoffice.managesieve import SIEVE_LISTENERS, SieveHandler
 from postoffice.pop3 import POP3_LISTENERS, Pop3Handler
 from postoffice.queue.worker import serve_queue
 from postoffice.smtp import SMTP_LISTENERS, smtp_handler
@@ -47,6 +48,8 @@ def default_registry() -> ProtocolRegistry:
         registry.register(name, imap)
     for name in POP3_LISTENERS:
         registry.register(name, Pop3Handler)
+    for name in SIEVE_LISTENERS:
+        registry.register(name, SieveHandler)
     registry.register("http", HttpHandler)
     return registry
 

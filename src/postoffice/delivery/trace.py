@@ -104,35 +104,41 @@ def strip_return_path(raw: bytes) -> bytes:
     RFC 5321 §4.4: the final-delivery server MAY remove them before adding its own; a
     Return-Path the sender wrote could otherwise pass for the envelope sender.
     """
-    return _strip_fields(raw, b"return-path", lambda first_line: True)
+    return _strip_fields(raw, (b"return-path:",), lambda name, first_line: name == b"return-path")
 
 
 def strip_forged_results(raw: bytes, hostname: str) -> bytes:
-    """The message without Authentication-Results fields that claim to be ours.
-
-    RFC 8601 §5: a message from elsewhere may carry results naming our authserv-id, written
-    to pass for our own checks; they are removed before our own are added.
-    """
+    """The message without the fields our own filters write, as a sender may forge them:
+    Authentication-Results naming our authserv-id (RFC 8601 §5) and X-Spam-*, which users'
+    Sieve rules read."""
     ours = hostname.lower().encode()
 
-    def claims_ours(first_line: bytes) -> bool:
+    def forged(name: bytes, first_line: bytes) -> bool:
+        if name.startswith(b"x-spam-"):
+            return True
+        if name != b"authentication-results":
+            return False
         value = first_line.split(b":", 1)[1].strip().lower()
         return value.split(b";", 1)[0].split()[:1] == [ours]
 
-    return _strip_fields(raw, b"authentication-results", claims_ours)
+    return _strip_fields(raw, (b"authentication-results:", b"x-spam-"), forged)
 
 
-def _strip_fields(raw: bytes, name: bytes, drop: Callable[[bytes], bool]) -> bytes:
-    """`raw` without the header fields called `name` whose first line `drop` picks."""
+def _strip_fields(
+    raw: bytes, markers: tuple[bytes, ...], drop: Callable[[bytes, bytes], bool]
+) -> bytes:
+    """`raw` without the header fields `drop(lower-cased name, first line)` picks; `markers`
+    are substrings one of which such a field has, to skip the work for most messages."""
     end = _header_end(raw)
-    if name + b":" not in raw[:end].lower():
+    head = raw[:end].lower()
+    if not any(marker in head for marker in markers):
         return raw
     kept: list[bytes] = []
     dropping = False
     for line in _LINES.split(raw[:end]):
         # A folded continuation line belongs to the field above it.
         if line[:1] not in (b" ", b"\t"):
-            dropping = line.split(b":", 1)[0].strip().lower() == name and drop(line)
+            dropping = drop(line.split(b":", 1)[0].strip().lower(), line)
         if not dropping:
             kept.append(line)
     return b"".join(kept) + raw[end:]

@@ -142,6 +142,11 @@ def build_filters(ctx: Context) -> FilterChain:
     return FilterChain(
         ctx.logger("filters"),
         session=_present(ratelimit.build(ctx), dnsbl.build(ctx), greylist.build(ctx)),
-        message=_present(authentication.build(ctx), antivirus.build(ctx), spamd.build(ctx)),
+        message=_present(
+            dnsbl.build_tagger(ctx),
+            authentication.build(ctx),
+            antivirus.build(ctx),
+            spamd.build(ctx),
+        ),
         recipient=_present(junk.build(ctx), sieve.build(ctx)),
     )

@@ -45,6 +45,7 @@ from postoffice.channel import (
     plaintext_allowed,
 )
 from postoffice.config import Network
+from postoffice.filters.junk.training import BackgroundTraining, training_for_transfer
 from postoffice.imap import commands as c
 from postoffice.imap import fetch as f
 from postoffice.imap import responses as w
@@ -197,6 +198,7 @@ class ImapSession:
         self.utf8 = False
         self.bad_in_row = 0
         self.io = Channel(conn, policy.idle_seconds)
+        self.junk_training = BackgroundTraining(store, conn.log)
         self._assembler = self._new_assembler()
 
     def _new_assembler(self) -> CommandAssembler:
@@ -1096,6 +1098,10 @@ class ImapSession:
             self._ok(cmd.tag, "Move completed")
         else:
             self._ok(cmd.tag, "Copy completed", code)
+        spam = training_for_transfer(selected.mailbox, target, cmd.move)
+        if spam is not None and result.pairs:
+            uids_copied = [p[1] for p in result.pairs]
+            self.junk_training.start(target.account_id, target.id, uids_copied, spam)
 
     async def cmd_search(self, cmd: c.Search) -> None:
         selected = self._sel()

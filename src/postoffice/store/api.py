@@ -36,6 +36,7 @@ from postoffice.store.model import (
     Recipient,
     SortFields,
     SpecialUse,
+    StoreError,
     StoreMode,
     StoreResult,
     UidSet,
@@ -145,11 +146,173 @@ class OutboundQueue(Protocol):
         ...
 
 
+class ScriptActive(StoreError):
+    """The active Sieve script cannot be deleted (RFC 5804 §2.10)."""
+
+
+class SieveScripts(Protocol):
+    """Users' Sieve scripts (RFC 5804): at most one active per account."""
+
+    async def list(self, account_id: int) -> builtins.list[tuple[str, bool]]:
+        """(name, active) of every script of the account, by name."""
+        ...
+
+    async def get(self, account_id: int, name: str) -> str | None: ...
+
+    async def put(self, account_id: int, name: str, content: str) -> None:
+        """Create or replace; a replaced script keeps its active flag.  InvalidName for a
+        name RFC 5804 §1.6 forbids."""
+        ...
+
+    async def delete(self, account_id: int, name: str) -> None:
+        """NotFound, or ScriptActive for the active script."""
+        ...
+
+    async def rename(self, account_id: int, old: str, new: str) -> None:
+        """NotFound for `old`, AlreadyExists for `new`; the active flag moves along."""
+        ...
+
+    async def activate(self, account_id: int, name: str | None) -> None:
+        """Make `name` the only active script (NotFound if missing); None deactivates all."""
+        ...
+
+    async def active(self, account_id: int) -> tuple[str, str] | None:
+        """(name, content) of the active script."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WebSession:
+    account_id: int
+    address: str
+    csrf: str  # the form token every state-changing webmail request must carry
+    expires: dt.datetime
+
+
+class WebSessions(Protocol):
+    """Webmail logins, shared by every worker process (web/webmail/session.py)."""
+
+    async def create(
+        self, token_digest: str, account_id: int, csrf: str, expires: dt.datetime, now: dt.datetime
+    ) -> None:
+        """Record a new session (and forget the ones expired by `now`)."""
+        ...
+
+    async def get(self, token_digest: str, now: dt.datetime) -> WebSession | None:
+        """The session, unless unknown or expired by `now`."""
+        ...
+
+    async def extend(self, token_digest: str, expires: dt.datetime) -> None: ...
+    async def delete(self, token_digest: str) -> None: ...
+    async def delete_account(self, account_id: int, keep: str | None = None) -> None:
+        """End every session of the account except `keep` (a password change)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JunkTotals:
+    spam: int  # messages trained as spam
+    ham: int
+    threshold: float | None  # the account's own Junk threshold; None: the config's
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedMessage:
+    digest: bytes  # identifies the message across mailboxes (filters/junk/tokens.py)
+    tokens: Sequence[str]  # distinct
+
+
+class JunkTokens(Protocol):
+    """The Bayesian classifier's counts per account (filters/junk/)."""
+
+    async def counts(self, account_id: int, tokens: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(spam, ham) message counts of each token the account has seen; unseen ones are
+        missing."""
+        ...
+
+    async def totals(self, account_id: int) -> JunkTotals: ...
+
+    async def token_count(self, account_id: int) -> int: ...
+
+    async def train(self, account_id: int, messages: Sequence[TrainedMessage], spam: bool) -> int:
+        """Count the messages as spam (or ham), in one transaction; how many changed.  A
+        message trained the same way before is skipped; one trained the other way moves
+        class."""
+        ...
+
+    async def set_threshold(self, account_id: int, threshold: float | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GreylistTriplet:
+    network: str  # the client's /24 (IPv4) or /64 (IPv6)
+    sender: str  # lower-cased; "" for the null sender
+    recipient: str  # lower-cased
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender.rpartition("@")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class GreylistTimes:
+    """The greylisting policy, in seconds (config [greylist])."""
+
+    delay: int  # a retry sooner than this after first sight is greylisted again
+    retry_window: int  # a triplet not retried within this is forgotten
+    expiry: int  # a passed triplet is forgotten this long after its last use
+
+
+@dataclass(frozen=True, slots=True)
+class GreylistDecision:
+    passed: bool
+    wait: int = 0  # not passed: seconds until a retry would pass
+
+
+class Greylist(Protocol):
+    """Greylisting triplets (filters/greylist.py); the decision and its record are one
+    transaction, so concurrent sessions and worker processes agree."""
+
+    async def check(
+        self, triplet: GreylistTriplet, now: dt.datetime, times: GreylistTimes
+    ) -> GreylistDecision:
+        """Pass a triplet that passed before, a retry in its window, or any triplet whose
+        network already passed with a sender of the same domain; otherwise record the
+        first sight and say how long to wait."""
+        ...
+
+
+class VacationMemory(Protocol):
+    """Whom a Sieve vacation action answered (RFC 5230 §4.2: once per :days per sender)."""
+
+    async def claim(
+        self, account_id: int, handle: str, sender: str, now: dt.datetime, period: dt.timedelta
+    ) -> bool:
+        """True (and remember `now`) unless `sender` was answered under `handle` within
+        `period` before `now`; checked and recorded in one transaction."""
+        ...
+
+
 class Store(Protocol):
     events: EventBus
 
     @property
     def outbound(self) -> OutboundQueue: ...
+
+    @property
+    def greylist(self) -> Greylist: ...
+
+    @property
+    def junk(self) -> JunkTokens: ...
+
+    @property
+    def sieve(self) -> SieveScripts: ...
+
+    @property
+    def vacation(self) -> VacationMemory: ...
+
+    @property
+    def web_sessions(self) -> WebSessions: ...
 
     async def close(self) -> None: ...
 

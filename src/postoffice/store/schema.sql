@@ -166,6 +166,17 @@ CREATE TABLE IF NOT EXISTS queue_recipients (
 CREATE INDEX IF NOT EXISTS queue_recipients_due ON queue_recipients (state, next_attempt);
 CREATE INDEX IF NOT EXISTS queue_recipients_by_message ON queue_recipients (message_id);
 
+-- Webmail logins (store/websessions.py): the SHA-256 of the cookie token, never the token.
+CREATE TABLE IF NOT EXISTS web_sessions (
+    token_digest TEXT PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    expires INTEGER NOT NULL           -- unix seconds; each use pushes it ahead
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS web_sessions_expiry ON web_sessions (expires);
+CREATE INDEX IF NOT EXISTS web_sessions_by_account ON web_sessions (account_id);
+
 -- Filtering (issue 8).  Each table belongs to one module of store/: sieve.py, junk.py,
 -- greylist.py, vacation.py.
 
@@ -193,11 +204,19 @@ CREATE TABLE IF NOT EXISTS vacation_replies (
 
 -- Greylisting triplets: (client network, sender, recipient).
 CREATE TABLE IF NOT EXISTS greylist (
-    triplet TEXT PRIMARY KEY,
+    network TEXT NOT NULL,             -- the client's /24 (IPv4) or /64 (IPv6)
+    sender TEXT NOT NULL,              -- lower-cased; '' for the null sender
+    recipient TEXT NOT NULL,           -- lower-cased
+    sender_domain TEXT NOT NULL,       -- a pass vouches for (network, sender_domain)
     first_seen INTEGER NOT NULL,       -- unix seconds
     passed INTEGER,                    -- unix seconds of the first accepted retry, NULL until then
-    last_seen INTEGER NOT NULL
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (network, sender, recipient)
 ) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS greylist_vouching
+    ON greylist (network, sender_domain, last_seen) WHERE passed IS NOT NULL;
+CREATE INDEX IF NOT EXISTS greylist_by_age ON greylist (last_seen);
 
 -- The Bayesian classifier's counts, per account: how many trained spam and ham messages
 -- contained each token, and the totals.
@@ -215,3 +234,12 @@ CREATE TABLE IF NOT EXISTS junk_totals (
     ham INTEGER NOT NULL DEFAULT 0,
     threshold REAL                     -- the account's own Junk threshold, NULL: [junk] threshold
 );
+
+-- Which messages an account has trained, and as what: training the same message again is a
+-- no-op, training it the other way moves its tokens from one class to the other.
+CREATE TABLE IF NOT EXISTS junk_trained (
+    account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    digest BLOB NOT NULL,              -- SHA-256 of the Message-ID, else of the whole message
+    spam INTEGER NOT NULL,             -- 1 trained as spam, 0 as ham
+    PRIMARY KEY (account_id, digest)
+) WITHOUT ROWID;

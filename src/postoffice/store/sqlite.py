@@ -33,6 +33,8 @@ from postoffice.store.events import (
     MailboxRenamed,
     MessagesAdded,
 )
+from postoffice.store.greylist import SqliteGreylist
+from postoffice.store.junk import SqliteJunkTokens
 from postoffice.store.model import (
     DEFAULT_MAILBOXES,
     FETCH_BASIC,
@@ -71,6 +73,9 @@ from postoffice.store.names import (
 )
 from postoffice.store.outbound import SqliteOutbound, blob_is_queued
 from postoffice.store.search import SearchKey
+from postoffice.store.sieve import SqliteSieveScripts
+from postoffice.store.vacation import SqliteVacationMemory
+from postoffice.store.websessions import SqliteWebSessions
 
 _MAILBOX_COLUMNS = (
     "m.id, m.account_id, m.name, m.special_use, m.uidvalidity, m.uidnext, m.highestmodseq, "
@@ -264,6 +269,11 @@ class SqliteStore:
             group_commit_max=group_commit_max,
         )
         self.outbound = SqliteOutbound(self.db, self.blobs, inline_max=inline_max)
+        self.greylist = SqliteGreylist(self.db)
+        self.junk = SqliteJunkTokens(self.db)
+        self.sieve = SqliteSieveScripts(self.db)
+        self.vacation = SqliteVacationMemory(self.db)
+        self.web_sessions = SqliteWebSessions(self.db)
         # Shared, immutable UID arrays (DESIGN §3): one per mailbox, replaced on change.
         self._uid_cache: dict[int, tuple[int, array[int]]] = {}
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.parser
-import email.policy
+import email.utils
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,8 +34,6 @@ from postoffice.filters.api import JUNK_FOLDER, FileInto, Findings, LocalPlan, M
 from postoffice.filters.chain import FilterChain, build_filters
 from postoffice.store.model import Account, AlreadyExists, AppendTarget, QuotaExceeded
 
-_HEADER_POLICY = email.policy.default
-
 
 def _quota_full(account: Account) -> bool:
     return (account.quota_bytes is not None and account.used_bytes >= account.quota_bytes) or (
@@ -49,22 +46,17 @@ def _orcpt(original: str) -> str:
     return ("rfc822;" if original.isascii() else "utf-8;") + original
 
 
-def _header_section(raw: bytes) -> str:
-    end = raw.find(b"\r\n\r\n")
-    head = raw if end < 0 else raw[: end + 2]
-    # RFC 6532 allows UTF-8 in header fields; anything else is a defect, not a crash.
-    return head.decode("utf-8", "replace")
-
-
 def from_addresses(raw: bytes) -> list[str] | None:
-    """The addr-specs of every From: field, or None when there is none or it is unreadable."""
-    try:
-        headers = email.parser.HeaderParser(policy=_HEADER_POLICY).parsestr(_header_section(raw))
-        fields = headers.get_all("From") or []
-        addresses = [a.addr_spec for value in fields for a in getattr(value, "addresses", ())]
-    except (ValueError, IndexError, TypeError, AttributeError):
-        # The stdlib header parser raises these on some malformed fields.
+    """The addr-specs of every From: field, or None when there is none or it is unreadable.
+
+    email.utils' parser rather than the header registry's: this runs for every message
+    (DMARC, the submission From: check, DKIM signing) and the registry's parser costs
+    ten times as much for the same addresses.
+    """
+    values = trace.field_values(raw, "from")
+    if not values:
         return None
+    addresses = [address for _, address in email.utils.getaddresses(values) if "@" in address]
     return addresses or None
 
 

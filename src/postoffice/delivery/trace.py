@@ -98,6 +98,25 @@ def _header_end(raw: bytes) -> int:
     return len(raw) if end < 0 else end + 2
 
 
+def field_values(raw: bytes, name: str) -> list[str]:
+    """The unfolded values of every header field called `name` (any case), as text.
+
+    RFC 6532 allows UTF-8 in header fields; other bytes are a defect, read as U+FFFD.
+    """
+    wanted = name.lower().encode() + b":"
+    fields: list[list[bytes]] = []
+    collecting = False
+    for line in _LINES.split(raw[: _header_end(raw)]):
+        if line[:1] in (b" ", b"\t"):
+            if collecting:
+                fields[-1].append(line.rstrip(b"\r\n"))
+            continue
+        collecting = line[: len(wanted)].lower() == wanted
+        if collecting:
+            fields.append([line[len(wanted) :].rstrip(b"\r\n")])
+    return [b"".join(parts).decode("utf-8", "replace").strip() for parts in fields]
+
+
 def strip_return_path(raw: bytes) -> bytes:
     """The message without the Return-Path fields a client put in.
 

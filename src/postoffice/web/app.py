@@ -17,13 +17,13 @@ from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from postoffice.context import Context
 from postoffice.metrics import Metrics
 from postoffice.store.api import QueueState
-from postoffice.web import autoconfig
+from postoffice.web import autoconfig, webmail
 
 SECURITY_HEADERS: Final = (
     # XML and plist documents need nothing; a page that needs more sets its own policy.
@@ -59,7 +59,7 @@ class SecurityHeaders:
 
 def build_app(ctx: Context) -> Starlette:
     views = _Views(ctx)
-    routes = [
+    routes: list[BaseRoute] = [
         # Thunderbird asks autoconfig.<domain> first, then <domain>/.well-known/.
         Route("/.well-known/autoconfig/mail/config-v1.1.xml", views.thunderbird),
         Route("/mail/config-v1.1.xml", views.thunderbird),
@@ -69,7 +69,10 @@ def build_app(ctx: Context) -> Starlette:
         Route("/mobileconfig", views.mobileconfig),
         Route("/metrics", views.metrics),
     ]
+    if ctx.config.webmail.enabled:
+        routes += webmail.routes(ctx)
     app = Starlette(routes=routes)
+    app.state.ctx = ctx  # how webmail views, given only the request, reach the Context
     app.add_middleware(SecurityHeaders)
     return app
 

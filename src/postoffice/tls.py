@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import secrets
 import ssl
 from pathlib import Path
 
@@ -19,6 +17,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from postoffice.files import write_atomic
 
 SELF_SIGNED_VALIDITY = dt.timedelta(days=3650)
 
@@ -102,8 +102,8 @@ def generate_self_signed(hostname: str, cert_path: Path, key_path: Path) -> None
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomic(key_path, key_pem, 0o600)
-    _write_atomic(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(key_path, key_pem, 0o600)
+    write_atomic(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def build_server_context(
@@ -175,24 +175,3 @@ def _general_name(hostname: str) -> x509.GeneralName:
     except ValueError:
         # x509 carries A-labels only (RFC 5280 §7.2).
         return x509.DNSName(hostname.encode("idna").decode("ascii"))
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    # O_EXCL with the final mode: the file never exists with looser permissions.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

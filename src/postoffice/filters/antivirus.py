@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
-import os
 import re
 import secrets
 import struct
@@ -35,6 +34,7 @@ from postoffice.context import Clock, Context
 from postoffice.delivery import trace
 from postoffice.delivery.model import Envelope, Outcome, Recipient, Verdict
 from postoffice.delivery.routing import Router
+from postoffice.files import write_atomic
 from postoffice.filters.api import Findings, Message, OnFailure, StageUnavailable, rejected
 from postoffice.log import BoundLogger
 from postoffice.store.api import Store
@@ -111,38 +111,6 @@ class Clamd:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
         return reply[:-1].decode("utf-8", "replace").strip()
-
-
-def _write_durably(path: Path, content: bytes) -> None:
-    """Create `path` holding `content`, surviving a crash once this returns.
-
-    Written under a temporary name and renamed, so a quarantine file that exists is whole.
-    """
-    folder = path.parent
-    if not folder.is_dir():
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _fsync_dir(folder.parent)  # the new folder's own entry
-    temporary = folder / f".{path.name}.tmp"
-    # 0600 from the start: a virus kept for the admin is nobody else's to read.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(content)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _quarantined_copy(message: Message, virus: str) -> bytes:
@@ -242,7 +210,7 @@ class Antivirus:
         stamp = self.clock.now().astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         path = self.quarantine_dir / f"{stamp}-{secrets.token_hex(8)}.eml"
         try:
-            await asyncio.to_thread(_write_durably, path, _quarantined_copy(message, virus))
+            await asyncio.to_thread(write_atomic, path, _quarantined_copy(message, virus), 0o600)
         except OSError as exc:
             self.log.error(
                 "quarantine not written",

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from postoffice.files import fsync_dir
+
 
 def blob_name(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -29,14 +31,6 @@ async def hash_off_loop(data: bytes) -> str:
     if len(data) <= _HASH_INLINE_MAX:
         return blob_name(data)
     return await asyncio.to_thread(blob_name, data)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _older_than(path: Path, cutoff: float) -> bool:
@@ -75,7 +69,7 @@ class FileBlobStore:
         if not final.parent.exists():
             final.parent.mkdir(exist_ok=True)
             # A new directory entry is durable only once its parent is fsync'd too.
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         tmp = self._tmp / f"{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -87,7 +81,7 @@ class FileBlobStore:
         finally:
             os.close(fd)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return sha256
 
     def get(self, sha256: str) -> bytes:

@@ -8,7 +8,7 @@ junk classifier before Sieve, so a user's script can test X-Spam-* headers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from postoffice.delivery.model import Origin, Outcome, Verdict
@@ -52,35 +52,25 @@ class FilterChain:
         return origin.listener == "smtp" and origin.account_id is None
 
     async def check_connect(self, origin: Origin) -> Verdict | None:
-        if not self._screened(origin):
-            return None
-        for stage in self.session_stages:
-            try:
-                verdict = await stage.check_connect(origin)
-            except Exception as exc:
-                verdict = self._failed(stage.name, stage.on_failure, origin, exc)
-            if verdict is not None:
-                return verdict
-        return None
+        return await self._first_refusal(origin, lambda stage: stage.check_connect(origin))
 
     async def check_sender(self, sender: str, origin: Origin) -> Verdict | None:
-        if not self._screened(origin):
-            return None
-        for stage in self.session_stages:
-            try:
-                verdict = await stage.check_sender(sender, origin)
-            except Exception as exc:
-                verdict = self._failed(stage.name, stage.on_failure, origin, exc)
-            if verdict is not None:
-                return verdict
-        return None
+        return await self._first_refusal(origin, lambda stage: stage.check_sender(sender, origin))
 
     async def check_recipient(self, sender: str, recipient: str, origin: Origin) -> Verdict | None:
+        return await self._first_refusal(
+            origin, lambda stage: stage.check_recipient(sender, recipient, origin)
+        )
+
+    async def _first_refusal(
+        self, origin: Origin, ask: Callable[[SessionStage], Awaitable[Verdict | None]]
+    ) -> Verdict | None:
+        """The first session stage's refusal, or None when every stage lets it through."""
         if not self._screened(origin):
             return None
         for stage in self.session_stages:
             try:
-                verdict = await stage.check_recipient(sender, recipient, origin)
+                verdict = await ask(stage)
             except Exception as exc:
                 verdict = self._failed(stage.name, stage.on_failure, origin, exc)
             if verdict is not None:

@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 
 from postoffice.context import Context
 from postoffice.store.model import HIERARCHY_SEPARATOR, Mailbox, SpecialUse, StoreError
-from postoffice.web.webmail.session import WebUser, check_csrf, context_of, require_user
+from postoffice.web.webmail.session import WebUser, checked_form, context_of, require_user
 from postoffice.web.webmail.templating import render
 
 
@@ -110,9 +110,7 @@ async def _change(
     request: Request,
     change: _FolderChange,
 ) -> Response:
-    user = await require_user(request)
-    form = await request.form()
-    await check_csrf(request, user, form)
+    user, form = await checked_form(request)
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     try:
         notice = await change(context_of(request), user, fields)

@@ -36,7 +36,7 @@ from postoffice.store.model import (
     UidSet,
 )
 from postoffice.web.webmail.folders import mailbox_named, render_page, special_mailbox
-from postoffice.web.webmail.session import WebUser, check_csrf, context_of, require_user
+from postoffice.web.webmail.session import WebUser, checked_form, context_of, require_user
 
 # The list's sort choices, by the store's keys (the same as IMAP SORT).
 SORT_KEYS: Final[dict[str, SortCriterion]] = {
@@ -212,9 +212,7 @@ async def show_folder(request: Request) -> Response:
 
 async def bulk(request: Request) -> Response:
     """One action on the selected messages of one folder."""
-    user = await require_user(request)
-    form = await request.form()
-    await check_csrf(request, user, form)
+    user, form = await checked_form(request)
     ctx = context_of(request)
     folder = str(form.get("f", "INBOX"))
     mailbox = await mailbox_named(ctx, user, folder)
@@ -227,9 +225,7 @@ async def bulk(request: Request) -> Response:
 
 async def toggle_flag(request: Request) -> Response:
     """The star of one message, flipped."""
-    user = await require_user(request)
-    form = await request.form()
-    await check_csrf(request, user, form)
+    user, form = await checked_form(request)
     ctx = context_of(request)
     folder = str(form.get("f", "INBOX"))
     mailbox = await mailbox_named(ctx, user, folder)

@@ -90,6 +90,14 @@ async def check_csrf(request: Request, user: WebUser, form: FormData) -> None:
         raise HTTPException(403, "invalid or missing CSRF token")
 
 
+async def checked_form(request: Request) -> tuple[WebUser, FormData]:
+    """The logged-in user and the posted form, once its CSRF token is checked."""
+    user = await require_user(request)
+    form = await request.form()
+    await check_csrf(request, user, form)
+    return user, form
+
+
 async def start_session(request: Request, response: Response, account_id: int) -> None:
     """Open a session for `account_id` and set its cookie on `response`."""
     ctx = context_of(request)

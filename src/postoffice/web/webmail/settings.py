@@ -26,7 +26,7 @@ from postoffice.filters.sieve import SieveError, check_script
 from postoffice.web.webmail.folders import render_page
 from postoffice.web.webmail.session import (
     WebUser,
-    check_csrf,
+    checked_form,
     client_ip,
     context_of,
     end_other_sessions,
@@ -113,9 +113,7 @@ async def show(request: Request) -> Response:
 
 
 async def change_password(request: Request) -> Response:
-    user = await require_user(request)
-    form = await request.form()
-    await check_csrf(request, user, form)
+    user, form = await checked_form(request)
     ctx = context_of(request)
     new = str(form.get("new", ""))
     if new != str(form.get("confirm", "")):
@@ -137,9 +135,7 @@ async def change_password(request: Request) -> Response:
 
 
 async def save_junk(request: Request) -> Response:
-    user = await require_user(request)
-    form = await request.form()
-    await check_csrf(request, user, form)
+    user, form = await checked_form(request)
     text = str(form.get("threshold", "")).strip()
     try:
         threshold = None if not text else float(text)
@@ -152,9 +148,7 @@ async def save_junk(request: Request) -> Response:
 
 
 async def save_sieve(request: Request) -> Response:
-    user = await require_user(request)
-    form = await request.form()
-    await check_csrf(request, user, form)
+    user, form = await checked_form(request)
     ctx = context_of(request)
     script = sieve_settings_from(form).to_script()
     try:

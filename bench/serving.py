@@ -19,10 +19,12 @@ from pathlib import Path
 
 import dns.message
 import dns.rcode
+import dns.rrset
 
 from postoffice.config import LISTENER_NAMES
 
 _dns_address: str | None = None
+_SOA = "ns.invalid. hostmaster.invalid. 1 3600 600 86400 300"
 
 
 def _answer_nxdomain(sock: socket.socket) -> None:
@@ -33,6 +35,9 @@ def _answer_nxdomain(sock: socket.socket) -> None:
         except Exception:  # noqa: S112 - a malformed query gets no answer, like a real server
             continue
         response.set_rcode(dns.rcode.NXDOMAIN)
+        # As a real server does (RFC 2308 §3): the SOA says how long "no such name" holds.
+        question = response.question[0]
+        response.authority.append(dns.rrset.from_text(question.name, 300, "IN", "SOA", _SOA))
         sock.sendto(response.to_wire(), peer)
 
 

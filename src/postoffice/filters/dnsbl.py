@@ -174,7 +174,7 @@ def _lookup(ctx: Context) -> DnsblLookup:
     config = ctx.config.dnsbl
     return DnsblLookup(
         config.zones,
-        async_resolver(ctx.config.queue.resolver, timeout=QUERY_TIMEOUT),
+        async_resolver(ctx.config.queue.resolver, timeout=QUERY_TIMEOUT, cache=False),
         ctx.clock.monotonic,
         ctx.logger("dnsbl"),
     )

@@ -1092,7 +1092,12 @@ def main() -> None:
     try:
         sizes = QUICK if args.quick else FULL
         if args.mailbox:
-            sizes = dataclasses.replace(sizes, big_mailbox=args.mailbox)
+            # The small mailbox is sampled from the big one, so it cannot be larger.
+            sizes = dataclasses.replace(
+                sizes,
+                big_mailbox=args.mailbox,
+                small_mailbox=min(sizes.small_mailbox, args.mailbox),
+            )
         results, info = run(sizes, args.profile)
     except Unavailable as e:
         print(f"compare: reference servers unavailable: {e}", file=sys.stderr)

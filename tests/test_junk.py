@@ -230,13 +230,16 @@ async def trained(world: World) -> None:
     await train_raw(world.store, world.account.id, corpus("ham", 0), spam=False)
 
 
-def plan_for(world: World, findings: Findings | None = None) -> LocalPlan:
-    return LocalPlan(world.account, USER, findings or Findings())
+async def plan_for(world: World, findings: Findings | None = None) -> LocalPlan:
+    """A plan as delivery makes it: with the account as routing reads it, at delivery."""
+    account = await world.store.get_account(USER)
+    assert account is not None
+    return LocalPlan(account, USER, findings or Findings())
 
 
 async def test_untrained_account_gets_no_decision(world: World) -> None:
     stage = junk.JunkFilter(world.store, JunkConfig(min_trained=1))
-    plan = plan_for(world)
+    plan = await plan_for(world)
     await stage.plan(message(corpus("spam", 1)[0]), plan)
     assert plan.keep_into == FileInto("INBOX")
     assert plan.headers == []  # no header either: the copy is as it was sent
@@ -246,7 +249,7 @@ async def test_trained_account_files_spam_into_junk(world: World) -> None:
     await trained(world)
     await world.store.rename_mailbox(world.account.id, "Junk", "Spam")  # \Junk follows
     stage = junk.JunkFilter(world.store, JunkConfig(threshold=0.9))
-    spam_plan, ham_plan = plan_for(world), plan_for(world)
+    spam_plan, ham_plan = await plan_for(world), await plan_for(world)
     await stage.plan(message(corpus("spam", 1)[0]), spam_plan)
     await stage.plan(message(corpus("ham", 1)[0]), ham_plan)
     assert spam_plan.keep_into == JUNK_FOLDER  # the pipeline finds it by its special use
@@ -262,10 +265,10 @@ async def test_account_threshold_and_reject_threshold(world: World) -> None:
     await trained(world)
     ham = message(corpus("ham", 1)[0])
     await world.store.junk.set_threshold(world.account.id, 0.01)
-    plan = plan_for(world)
+    plan = await plan_for(world)
     await junk.JunkFilter(world.store, JunkConfig()).plan(ham, plan)
     assert plan.keep_into.mailbox == "Junk"
-    plan = plan_for(world)
+    plan = await plan_for(world)
     await junk.JunkFilter(world.store, JunkConfig(reject_threshold=0.9)).plan(
         message(corpus("spam", 1)[0]), plan
     )
@@ -274,10 +277,10 @@ async def test_account_threshold_and_reject_threshold(world: World) -> None:
 
 async def test_earlier_findings_count(world: World) -> None:
     stage = junk.JunkFilter(world.store, JunkConfig())
-    tagged = plan_for(world, Findings(junk=True))
+    tagged = await plan_for(world, Findings(junk=True))
     await stage.plan(message(corpus("ham", 1)[0]), tagged)
     assert tagged.keep_into.mailbox == "Junk"
-    scored = plan_for(world, Findings(spam_score=0.95))
+    scored = await plan_for(world, Findings(spam_score=0.95))
     await stage.plan(message(corpus("ham", 1)[0]), scored)
     assert scored.keep_into.mailbox == "Junk"
     assert dict(scored.headers)["X-Spam-Score"] == "0.95"
@@ -286,7 +289,7 @@ async def test_earlier_findings_count(world: World) -> None:
 async def test_authenticated_mail_is_not_classified(world: World) -> None:
     await trained(world)
     submission = dataclasses.replace(MX, listener="submission", account_id=world.account.id)
-    plan = plan_for(world)
+    plan = await plan_for(world)
     await junk.JunkFilter(world.store, JunkConfig()).plan(
         message(corpus("spam", 1)[0], submission), plan
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from postoffice.store import SqliteStore, open_store
+from postoffice.store.api import TrainedMessage
 from postoffice.store.events import (
     Expunged,
     FlagsChanged,
@@ -573,3 +574,22 @@ async def test_inline_max_decides_database_or_blob_file(tmp_path: Path) -> None:
         assert [p.read_bytes() for p in files] == [large]
     finally:
         await store.close()
+
+
+async def test_account_says_whether_its_filters_have_work(store: SqliteStore) -> None:
+    account = await store.add_account("bob@example.test", "hash", None)
+    fresh = await store.get_account("bob@example.test")
+    assert fresh is not None
+    assert (fresh.sieve_active, fresh.junk_spam, fresh.junk_ham) == (False, 0, 0)
+    await store.sieve.put(account.id, "rules", "keep;")
+    inactive = await store.get_account("bob@example.test")
+    assert inactive is not None and not inactive.sieve_active
+    await store.sieve.activate(account.id, "rules")
+    await store.junk.train(account.id, [TrainedMessage(b"s" * 32, ["cheap"])], spam=True)
+    await store.junk.train(account.id, [TrainedMessage(b"h" * 32, ["lunch"])], spam=False)
+    await store.junk.train(account.id, [TrainedMessage(b"t" * 32, ["pills"])], spam=True)
+    read = await store.get_account("bob@example.test")
+    assert read is not None
+    assert (read.sieve_active, read.junk_spam, read.junk_ham) == (True, 2, 1)
+    await store.sieve.activate(account.id, None)
+    assert [a.sieve_active for a in await store.list_accounts()] == [False]

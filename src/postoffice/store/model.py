@@ -109,6 +109,12 @@ class Account:
     quota_messages: int | None
     used_bytes: int
     used_messages: int
+    # Read with the account, so delivery's filters know without a query of their own
+    # whether there is anything to do: most accounts have no script and an untrained
+    # classifier.
+    sieve_active: bool = False
+    junk_spam: int = 0  # messages its junk classifier was trained on, per class
+    junk_ham: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,12 @@ _MAILBOX_COLUMNS = (
     "EXISTS (SELECT 1 FROM subscriptions s WHERE s.account_id = m.account_id "
     "AND s.name = m.name)"
 )
-_ACCOUNT_COLUMNS = "id, address, quota_bytes, quota_messages, used_bytes, used_messages"
+_ACCOUNT_COLUMNS = (
+    "id, address, quota_bytes, quota_messages, used_bytes, used_messages, "
+    "EXISTS (SELECT 1 FROM sieve_scripts s WHERE s.account_id = accounts.id AND s.active = 1), "
+    "(SELECT j.spam FROM junk_totals j WHERE j.account_id = accounts.id), "
+    "(SELECT j.ham FROM junk_totals j WHERE j.account_id = accounts.id)"
+)
 _POP_POLICY_COLUMNS = "id, address, pop_enabled, pop_login_delay, pop_expire_days, pop_apop_secret"
 _ENTRY_COLUMNS = (
     "e.uid, e.modseq, e.flags, e.keywords, e.internaldate, e.tz_offset, e.size, "
@@ -126,6 +131,9 @@ def _account(row: Row) -> Account:
         quota_messages=None if row[3] is None else int(row[3]),
         used_bytes=int(row[4]),
         used_messages=int(row[5]),
+        sieve_active=bool(row[6]),
+        junk_spam=int(row[7] or 0),
+        junk_ham=int(row[8] or 0),
     )
 
 

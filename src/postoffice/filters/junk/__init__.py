@@ -71,6 +71,13 @@ class JunkFilter:
     async def plan(self, message: Message, plan: LocalPlan) -> None:
         if message.origin.account_id is not None:
             return
+        account = plan.account
+        untrained = min(account.junk_spam, account.junk_ham) < self.config.min_trained
+        if untrained and plan.findings.spam_score is None:
+            # Known from the account's row: no query, no header, no decision of ours.
+            if plan.findings.junk:
+                plan.keep_into = JUNK_FOLDER
+            return
         totals = await self.store.junk.totals(plan.account.id)
         bayes = await self.score(message, plan.account.id, totals)
         scores = [plan.findings.spam_score] if plan.findings.spam_score is not None else []

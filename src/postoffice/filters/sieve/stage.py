@@ -118,6 +118,8 @@ class SieveFilter:
         return found
 
     async def plan(self, message: Message, plan: LocalPlan) -> None:
+        if not plan.account.sieve_active:
+            return  # read with the account by routing: no query for the common case
         active = await self.store.sieve.active(plan.account.id)
         if active is None:
             return

@@ -1,6 +1,6 @@
 """The junk classifier in-process: tokenizer, Robinson/Fisher scoring, the counts in a real
 store, the recipient stage's decisions, and the rspamd/spamd stage against fake scanners on
-loopback, and the real spamd when it is installed (rspamd is not packaged here)."""
+loopback, and the real spamd when it is installed (the real rspamd: tests/test_rspamd.py)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ message is kept (RFC 5228 §2.10.6), never lost.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import email.errors
@@ -143,7 +144,9 @@ class SieveFilter:
             headers, message.raw, message.envelope.sender, plan.delivered_to, now, mailboxes
         )
         try:
-            outcome = run(script, facts, self.limits)
+            # Off the loop: a script may compute for up to [sieve] cpu_seconds, and the loop
+            # holds every other connection of the process.
+            outcome = await asyncio.to_thread(run, script, facts, self.limits)
         except SieveRuntimeError as exc:
             self.log.warning(
                 "sieve script failed, message kept", extra={**where, "error": str(exc)}

@@ -35,7 +35,14 @@ from postoffice.delivery import trace
 from postoffice.delivery.model import Envelope, Outcome, Recipient, Verdict
 from postoffice.delivery.routing import Router
 from postoffice.files import write_atomic
-from postoffice.filters.api import Findings, Message, OnFailure, StageUnavailable, rejected
+from postoffice.filters.api import (
+    Findings,
+    Message,
+    OnFailure,
+    StageUnavailable,
+    on_failure,
+    rejected,
+)
 from postoffice.log import BoundLogger
 from postoffice.store.api import Store
 from postoffice.store.model import AppendTarget
@@ -170,7 +177,7 @@ class Antivirus:
         log: BoundLogger,
     ) -> None:
         self.config = config
-        self.on_failure: OnFailure = "accept" if config.on_failure == "accept" else "tempfail"
+        self.on_failure: OnFailure = on_failure(config.on_failure)
         self.clamd = clamd
         self.quarantine_dir = data_dir / QUARANTINE_DIR
         self.store = store

@@ -38,10 +38,16 @@ __all__ = [
     "RecipientStage",
     "SessionStage",
     "StageUnavailable",
+    "on_failure",
     "rejected",
 ]
 
 OnFailure = Literal["accept", "tempfail"]
+
+
+def on_failure(setting: str) -> OnFailure:
+    """A section's `on_failure` setting (config.py accepts only these two words) as typed."""
+    return "tempfail" if setting == "tempfail" else "accept"
 
 
 class StageUnavailable(Exception):

@@ -46,6 +46,7 @@ from postoffice.filters.api import (
     MessageStage,
     OnFailure,
     StageUnavailable,
+    on_failure,
     rejected,
 )
 from postoffice.resolver import SystemResolverRefused, sync_resolver
@@ -287,7 +288,7 @@ class SenderAuthentication:
         self.config = config
         self.resolver = resolver
         self.hostname = hostname
-        self.on_failure: OnFailure = "tempfail" if config.on_failure == "tempfail" else "accept"
+        self.on_failure: OnFailure = on_failure(config.on_failure)
         # The checks wait on DNS far more than they compute, so they get threads of their
         # own: on the loop's default pool (cores + 4) concurrent messages would queue
         # behind each other's lookups.

@@ -32,6 +32,7 @@ from postoffice.filters.api import (
     OnFailure,
     SessionStage,
     StageUnavailable,
+    on_failure,
 )
 from postoffice.filters.greylist import ClientAddress, client_address
 from postoffice.log import BoundLogger
@@ -121,10 +122,6 @@ class DnsblLookup:
         return listed
 
 
-def _on_failure(value: str) -> OnFailure:
-    return "tempfail" if value == "tempfail" else "accept"
-
-
 class DnsblGate:
     """Action "reject": refuse every RCPT from a listed client but those to role addresses."""
 
@@ -184,7 +181,7 @@ def build(ctx: Context) -> SessionStage | None:
     config = ctx.config.dnsbl
     if not config.zones or config.action != "reject":
         return None
-    return DnsblGate(_lookup(ctx), _on_failure(config.on_failure))
+    return DnsblGate(_lookup(ctx), on_failure(config.on_failure))
 
 
 def build_tagger(ctx: Context) -> MessageStage | None:
@@ -192,4 +189,4 @@ def build_tagger(ctx: Context) -> MessageStage | None:
     config = ctx.config.dnsbl
     if not config.zones or config.action != "tag":
         return None
-    return DnsblTagger(_lookup(ctx), _on_failure(config.on_failure))
+    return DnsblTagger(_lookup(ctx), on_failure(config.on_failure))

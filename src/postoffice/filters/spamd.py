@@ -23,10 +23,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from postoffice.config import JunkConfig, TcpAddress, parse_listen_address
+from postoffice.config import TcpAddress, parse_listen_address
 from postoffice.context import Context
 from postoffice.delivery.model import Outcome, Verdict
-from postoffice.filters.api import Findings, Message, OnFailure, StageUnavailable, rejected
+from postoffice.filters.api import (
+    Findings,
+    Message,
+    OnFailure,
+    StageUnavailable,
+    on_failure,
+    rejected,
+)
 
 MAX_REPLY: Final = 1 << 20  # a scanner's answer is a few kilobytes; more is not one
 _SYMBOLS_SHOWN: Final = 12
@@ -247,10 +254,6 @@ class SpamdFilter:
             findings.refuse(Verdict(Outcome.TEMPORARY_FAILURE, "try again later"))
 
 
-def _on_failure(config: JunkConfig) -> OnFailure:
-    return "tempfail" if config.on_failure == "tempfail" else "accept"
-
-
 def build(ctx: Context) -> SpamdFilter | None:
     config = ctx.config.junk
     if not config.enabled:
@@ -263,4 +266,4 @@ def build(ctx: Context) -> SpamdFilter | None:
         scanner = spamd_scanner(address.host, address.port)
     else:
         return None
-    return SpamdFilter(scanner, config.timeout_seconds, _on_failure(config))
+    return SpamdFilter(scanner, config.timeout_seconds, on_failure(config.on_failure))

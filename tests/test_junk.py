@@ -403,6 +403,24 @@ async def test_scanner_errors_make_the_stage_unavailable() -> None:
         await rspamd_stage(port).scan(message(b"Subject: x\r\n\r\nx\r\n"), Findings())
 
 
+async def test_a_scanner_that_never_answers_times_out() -> None:
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the request, answers nothing until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    async with server:
+        for scanner in (
+            spamd.rspamd_scanner(f"http://127.0.0.1:{port_of(server)}"),
+            spamd.spamd_scanner("127.0.0.1", port_of(server)),
+        ):
+            stage = spamd.SpamdFilter(scanner, 0.2, "tempfail")
+            # The outer bound turns a stage that ignores its own timeout into a failure.
+            async with asyncio.timeout(5):
+                with pytest.raises(StageUnavailable, match="TimeoutError"):
+                    await stage.scan(message(b"Subject: x\r\n\r\nx\r\n"), Findings())
+
+
 async def test_spamd_symbols() -> None:
     def reply(request: bytes) -> bytes:
         body = b"BAYES_99,URIBL_BLACK"

@@ -12,6 +12,7 @@ import functools
 from postoffice.channel import LiveSessions
 from postoffice.config import ListenerConfig, UnixAddress
 from postoffice.context import Context
+from postoffice.filters.junk.training import BackgroundTraining
 from postoffice.imap.selected import RecentClaims
 from postoffice.imap.session import ImapPolicy, ImapSession
 from postoffice.listeners import Connection, HandlerFactory
@@ -42,6 +43,7 @@ class ImapHandler:
     def __init__(self, ctx: Context, listener: ListenerConfig, recent_claims: RecentClaims) -> None:
         self.ctx = ctx
         self.recent_claims = recent_claims
+        self.junk_training = BackgroundTraining(ctx.store)
         self.policy = build_policy(ctx, listener)
         self.sessions = LiveSessions()
 
@@ -53,6 +55,7 @@ class ImapHandler:
             self.ctx.authenticator,
             self.ctx.tls,
             self.recent_claims,
+            self.junk_training,
         )
         self.sessions.add(session, conn.stopping)
         await session.run()

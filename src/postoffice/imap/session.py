@@ -185,6 +185,7 @@ class ImapSession:
         authenticator: Authenticator,
         tls: ssl.SSLContext,
         recent_claims: RecentClaims,
+        junk_training: BackgroundTraining,
     ) -> None:
         self.conn = conn
         self.recent_claims = recent_claims
@@ -198,7 +199,7 @@ class ImapSession:
         self.utf8 = False
         self.bad_in_row = 0
         self.io = Channel(conn, policy.idle_seconds)
-        self.junk_training = BackgroundTraining(store, conn.log)
+        self.junk_training = junk_training
         self._assembler = self._new_assembler()
 
     def _new_assembler(self) -> CommandAssembler:
@@ -1101,7 +1102,7 @@ class ImapSession:
         spam = training_for_transfer(selected.mailbox, target, cmd.move)
         if spam is not None and result.pairs:
             uids_copied = [p[1] for p in result.pairs]
-            self.junk_training.start(target.account_id, target.id, uids_copied, spam)
+            self.junk_training.start(self.conn.log, target.account_id, target.id, uids_copied, spam)
 
     async def cmd_search(self, cmd: c.Search) -> None:
         selected = self._sel()

@@ -57,23 +57,25 @@ def training_for_transfer(source: Mailbox, target: Mailbox, move: bool) -> bool 
 
 
 class BackgroundTraining:
-    """Training a session started and does not wait for (the IMAP reply goes out first);
-    a failure is logged, never reported to the client."""
+    """Training that sessions start and do not wait for (the IMAP reply goes out first);
+    a failure is logged in the session's log, never reported to the client.  One per
+    handler, not per connection: idle connections are many and should cost nothing."""
 
-    def __init__(self, store: Store, log: BoundLogger) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.log = log
         self._running: set[asyncio.Task[None]] = set()
 
-    def start(self, account_id: int, mailbox_id: int, uids: Sequence[int], spam: bool) -> None:
-        task = asyncio.create_task(self._train(account_id, mailbox_id, uids, spam))
+    def start(
+        self, log: BoundLogger, account_id: int, mailbox_id: int, uids: Sequence[int], spam: bool
+    ) -> None:
+        task = asyncio.create_task(self._train(log, account_id, mailbox_id, uids, spam))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
     async def _train(
-        self, account_id: int, mailbox_id: int, uids: Sequence[int], spam: bool
+        self, log: BoundLogger, account_id: int, mailbox_id: int, uids: Sequence[int], spam: bool
     ) -> None:
         try:
             await train_messages(self.store, account_id, mailbox_id, uids, spam)
         except Exception:
-            self.log.exception("junk training failed", extra={"mailbox_id": mailbox_id})
+            log.exception("junk training failed", extra={"mailbox_id": mailbox_id})

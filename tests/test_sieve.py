@@ -8,6 +8,8 @@ import email.policy
 
 import pytest
 
+from postoffice.delivery.model import Envelope, Origin, Recipient
+from postoffice.filters.api import Message
 from postoffice.filters.sieve import SIEVE_EXTENSIONS, SieveError, check_script
 from postoffice.filters.sieve.actions import (
     Discard,
@@ -381,3 +383,21 @@ def test_cpu_limit() -> None:
     )
     with pytest.raises(SieveRuntimeError, match="out of time"):
         run_script("keep;", limits)
+
+
+def test_header_values_are_read_as_a_script_compares_them() -> None:
+    raw = (
+        b"Subject: =?utf-8?q?Caf=C3=A9?= menu\r\n"
+        b"X-Raw: na\xc3\xafve\r\n"
+        b"X-Broken: bad \xff byte\r\n"
+        b"X-Folded: one\r\n two\r\n\r\nbody\r\n"
+    )
+    origin = Origin("smtp", "ESMTP", "client.test", "192.0.2.1", "s1")
+    message = Message(Envelope("a@remote.test", (Recipient("b@example.test"),)), raw, origin)
+    values = {name: decode_header_value(value) for name, value in message.headers.items()}
+    assert values == {
+        "Subject": "Café menu",
+        "X-Raw": "naïve",  # raw UTF-8 (RFC 6532)
+        "X-Broken": "bad \ufffd byte",  # not UTF-8: replaced, not an error
+        "X-Folded": "one two",
+    }

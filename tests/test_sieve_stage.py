@@ -155,6 +155,20 @@ async def test_fileinto_with_flags_and_create(sieve: Sieve) -> None:
     assert len(await sieve.folder(BOB, "Food/Lunch")) == 1
 
 
+async def test_raw_8bit_headers_are_matched_not_skipped(sieve: Sieve) -> None:
+    # UTF-8 in a header (RFC 6532), and a byte that is not UTF-8 in another: the script
+    # still runs and compares text.
+    account = await sieve.world.account(BOB)
+    await sieve.world.store.create_mailbox(account.id, "Cafe")
+    await sieve.script(
+        BOB,
+        'require "fileinto";\nif header :contains "subject" "café" { fileinto "Cafe"; }',
+    )
+    raw = mail(subject="le café").replace(b"Message-ID:", b"X-Junk: bad \xff\r\nMessage-ID:")
+    assert await sieve.send(raw, BOB) == [Outcome.ACCEPTED]
+    assert len(await sieve.folder(BOB, "Cafe")) == 1
+
+
 async def test_fileinto_a_missing_mailbox_without_create_keeps_in_inbox(sieve: Sieve) -> None:
     await sieve.script(BOB, 'require "fileinto"; fileinto "Nowhere";')
     assert await sieve.send(mail(), BOB) == [Outcome.ACCEPTED]

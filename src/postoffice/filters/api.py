@@ -70,11 +70,15 @@ class Message:
 
     @cached_property
     def headers(self) -> email.message.Message:
-        """The header section, parsed once and shared by the stages (read-only)."""
+        """The header section, parsed once and shared by the stages (read-only).
+
+        RFC 6532 allows UTF-8 in header fields; other bytes are a defect, read as U+FFFD, so
+        every value is a str (compat32 hands undecodable bytes over as Header objects).
+        """
         end = self.raw.find(b"\r\n\r\n")
         head = self.raw if end < 0 else self.raw[: end + 2]
-        parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
-        return parser.parsebytes(head)
+        parser = email.parser.HeaderParser(policy=email.policy.compat32)
+        return parser.parsestr(head.decode("utf-8", "replace"))
 
     @property
     def from_world(self) -> bool:

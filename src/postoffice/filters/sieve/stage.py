@@ -51,10 +51,8 @@ COMPILED_CACHE_SIZE: Final = 256
 
 
 def decode_header_value(value: str) -> str:
-    """Unfolded, RFC 2047 words decoded, raw 8-bit read as UTF-8: what a script compares."""
+    """Unfolded, RFC 2047 words decoded: what a script compares."""
     value = _FOLD.sub("", value).strip()
-    if any("\udc80" <= char <= "\udcff" for char in value):
-        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if "=?" not in value:
         return value
     try:

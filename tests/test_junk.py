@@ -404,9 +404,11 @@ async def test_scanner_errors_make_the_stage_unavailable() -> None:
 
 
 async def test_a_scanner_that_never_answers_times_out() -> None:
+    held: list[asyncio.StreamWriter] = []
+
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # reads the request, answers nothing until the client gives up
-        writer.close()
+        held.append(writer)  # answers nothing, ever: the client must give up by itself
+        await reader.read()
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     async with server:
@@ -419,6 +421,9 @@ async def test_a_scanner_that_never_answers_times_out() -> None:
             async with asyncio.timeout(5):
                 with pytest.raises(StageUnavailable, match="TimeoutError"):
                     await stage.scan(message(b"Subject: x\r\n\r\nx\r\n"), Findings())
+        for writer in held:
+            writer.close()
+            await writer.wait_closed()
 
 
 async def test_spamd_symbols() -> None:

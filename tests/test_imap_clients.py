@@ -824,6 +824,9 @@ def test_idle_ends_with_bye_when_the_server_stops(mail: MailServer) -> None:
     mail.serve.proc.send_signal(signal.SIGTERM)
     # The idle wait ends at once, not after the 30-minute autologout.
     assert raw.response() == b"* BYE Server shutting down\r\n"
+    # Waited for here: a second SIGTERM from the fixture while the process exits (its
+    # handlers gone) would kill it with -15 instead of the clean exit this test expects.
+    assert mail.serve.proc.wait(30) == 0
 
 
 def test_autologout(data_dir: Path, start_serve: StartServe) -> None:
